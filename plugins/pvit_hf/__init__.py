@@ -1,0 +1,1 @@
+"""pvit built-in plugin (placeholder)."""

@@ -1,0 +1,28 @@
+"""pvit: a plugin framework for region-aware multimodal LLMs (PVIT, arXiv 2308.13437).
+
+Public API: ``hookimpl``, ``load_recipe``, ``components``, ``build``, ``testing``.
+Heavy libraries (torch, transformers) are imported only when a component is built.
+"""
+
+from __future__ import annotations
+
+from pvit.hookspecs import hookimpl
+from pvit.plugins import KINDS, build, components
+
+__version__ = "0.1.0"
+__all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "__version__"]
+
+
+def load_recipe(path, overrides=()):
+    """Load a recipe file with its ``base:`` layers and ``KEY=VALUE`` overrides; see [pvit.recipe][]."""
+    from pvit.recipe import load_recipe as _load
+
+    return _load(path, overrides)
+
+
+def __getattr__(name):
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("pvit.testing")
+    raise AttributeError(f"module 'pvit' has no attribute {name!r}")
