@@ -1,1 +1,37 @@
-"""pvit built-in plugin (placeholder)."""
+"""Built-in projectors: `linear` and `mlp2x-gelu` (LLaVA-1.5), each with an optional input normalisation."""
+
+from __future__ import annotations
+
+import pvit
+
+
+def make_linear(in_dim: int, out_dim: int, input_norm: str = "none", bias: bool = True):
+    """``Linear(in_dim, out_dim)`` after an optional input normalisation: (..., in_dim) -> (..., out_dim).
+
+    Options (``in_dim`` / ``out_dim`` are wired by pvit from the encoder and the LLM):
+        input_norm: ``none`` (PVIT), ``layer`` (LayerNorm) or ``batch`` (BatchNorm1d over every token of the
+            batch; the choice for frozen random encoders, whose features have a tiny per-dimension spread
+            around a large common offset: see CALIBRATION.md "What made the difference").
+        bias: bias of the linear layer.
+    """
+    from .projector import linear
+
+    return linear(in_dim, out_dim, input_norm=input_norm, bias=bias)
+
+
+def make_mlp2x_gelu(in_dim: int, out_dim: int, input_norm: str = "none", hidden_dim: int | None = None):
+    """LLaVA-1.5's ``Linear, GELU, Linear`` after an optional input normalisation: (..., in_dim) -> (..., out_dim).
+
+    Options:
+        input_norm: ``none`` | ``layer`` | ``batch`` (see ``linear``).
+        hidden_dim: width of the hidden layer; default ``out_dim`` as in LLaVA-1.5.
+    """
+    from .projector import mlp2x_gelu
+
+    return mlp2x_gelu(in_dim, out_dim, input_norm=input_norm, hidden_dim=hidden_dim)
+
+
+@pvit.hookimpl
+def pvit_register_projectors(register):
+    register("linear", make_linear)
+    register("mlp2x-gelu", make_mlp2x_gelu)

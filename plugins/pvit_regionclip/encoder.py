@@ -1,0 +1,142 @@
+"""RegionCLIP region encoder: CLIP ResNet up to layer3, RoIAlign per box, then layer4 + attnpool per RoI."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from pvit.errors import ComponentOptionError, InvalidRegionError
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit_regionclip.config import ResNetConfig
+from pvit_regionclip.preprocess import collate_images, prepare_image
+
+#: Nominal stride of ``res4`` (layer3 output); RegionCLIP uses 1/16 even where convs floor odd sizes.
+RES4_STRIDE = 16
+
+
+def build_visual(cfg: ResNetConfig, seed: int | None = None) -> nn.Module:
+    """A random-init open_clip ModifiedResNet for ``cfg``, with BatchNorm replaced by FrozenBatchNorm2d."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.utils import freeze_batch_norm_2d
+
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        visual = ModifiedResNet(
+            layers=list(cfg.layers), output_dim=cfg.output_dim, heads=cfg.heads, image_size=cfg.image_size, width=cfg.width
+        )
+    return freeze_batch_norm_2d(visual)
+
+
+class RegionCLIPEncoder(nn.Module):
+    """PVIT's RegionCLIP prompt encoder (detectron2-free): one ``out_dim`` feature per box.
+
+    Attributes:
+        visual: the open_clip ModifiedResNet (FrozenBatchNorm2d).
+        tokens_per_region: 1.
+        out_dim: attnpool output width (640 for RN50x4).
+        roi_size: S, the RoIAlign output side (18 for RN50x4); layer4 halves it to the attnpool grid.
+        frozen: when True, parameters never need grad, ``train()`` keeps eval mode, forward runs under no_grad.
+    """
+
+    def __init__(self, visual: nn.Module, cfg: ResNetConfig, min_size: int = 800, max_size: int = 1333, frozen: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.cfg = cfg
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
+        self.roi_size = cfg.roi_size
+        self.frozen = bool(frozen)
+        self.tokens_per_region = 1
+        self.out_dim = cfg.output_dim
+        self.special_tokens = [REGION_START, REGION_END]
+        self.image_layers: list[int] = []
+        self.uses_own_pixels = True
+        rows = visual.attnpool.positional_embedding.shape[0]
+        if rows != cfg.pos_emb_rows:
+            raise ComponentOptionError(f"regionclip: attnpool has {rows} positional rows, config says {cfg.pos_emb_rows}")
+        if self.frozen:
+            self.visual.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "RegionCLIPEncoder":
+        """Set train mode; a frozen encoder stays in eval mode whatever the parent asks."""
+        return super().train(False if self.frozen else mode)
+
+    def region_text(self, box: Sequence[float]) -> str:
+        """``<Region><region_patch></Region>``: one feature slot per mention, whatever the box."""
+        return REGION_START + REGION_PATCH_TOKEN + REGION_END
+
+    def prepare(self, image) -> torch.Tensor | None:
+        """PIL image -> (3, h, w): ResizeShortestEdge(min_size, max_size) with PIL bilinear, CLIP-normalised."""
+        if image is None:
+            return None
+        return prepare_image(image, self.min_size, self.max_size)
+
+    def collate(self, prepared: list) -> RegionInputs:
+        """List of ``prepare`` outputs -> RegionInputs(pixels (B, 3, H, W) zero-padded, sizes (B, 2) = (h, w))."""
+        return collate_images(prepared)
+
+    def res4(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 16*width, ~H/16, ~W/16): stem + layer1..layer3 (detectron2's ``res4``)."""
+        v = self.visual
+        return v.layer3(v.layer2(v.layer1(v.stem(pixels))))
+
+    def pool(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """res4 (B, C, h, w) and rois (R, 5) = (batch_idx, x1, y1, x2, y2) in input pixels -> (R, out_dim).
+
+        One RoIAlign (aligned=True, sampling_ratio=0, scale 1/16) in fp32 for all boxes, then one layer4 +
+        attnpool pass over all RoIs.
+        """
+        with torch.autocast(res4.device.type, enabled=False):
+            pooled = roi_align(
+                res4.float(), rois.float(), (self.roi_size, self.roi_size), 1.0 / RES4_STRIDE, 0, True
+            )  # (R, C, S, S)
+        x = self.visual.layer4(pooled.to(res4.dtype))  # (R, 2C, S/2, S/2)
+        return self.visual.attnpool(x)  # (R, out_dim)
+
+    def _rois(self, inputs: RegionInputs, boxes: list, keep: list[int], device: torch.device) -> torch.Tensor:
+        """Normalised boxes of the kept images -> (R, 5) rois in resized-image pixels, batch index into ``keep``."""
+        sizes = inputs.sizes.tolist()
+        rois = []
+        for j, i in enumerate(keep):
+            h, w = sizes[i]
+            if h <= 0 or w <= 0:
+                raise InvalidRegionError(f"regionclip: image {i} of the batch has no pixels but {len(boxes[i])} boxes")
+            b = boxes[i].to(device=device, dtype=torch.float32)  # (R_b, 4)
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            idx = torch.full((b.shape[0], 1), float(j), device=device)  # (R_b, 1)
+            rois.append(torch.cat([idx, b * scale], dim=1))  # (R_b, 5)
+        return torch.cat(rois)  # (R, 5)
+
+    def forward(self, inputs: RegionInputs, boxes: list) -> torch.Tensor:
+        """Boxes per image, each (R_b, 4) xyxy in [0, 1] of the original image -> (R, 1, out_dim).
+
+        R = sum R_b, in image order then box order. Images without boxes are skipped (no backbone pass).
+        The output has the weights' dtype (fp32 unless the module was cast), also under autocast.
+        """
+        if inputs.pixels is None or inputs.sizes is None:
+            raise ValueError("regionclip needs RegionInputs.pixels and .sizes from its own prepare/collate")
+        n_img = inputs.pixels.shape[0]
+        if len(boxes) != n_img:
+            raise InvalidRegionError(f"regionclip: got boxes for {len(boxes)} images but the batch has {n_img} images")
+        boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) if len(b) == 0 else torch.as_tensor(b) for b in boxes]
+        for i, b in enumerate(boxes):
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise InvalidRegionError(f"regionclip: boxes of image {i} have shape {tuple(b.shape)}, expected (R, 4)")
+        param = self.visual.conv1.weight
+        keep = [i for i, b in enumerate(boxes) if b.shape[0] > 0]
+        if not keep:
+            return param.new_zeros((0, 1, self.out_dim))  # (0, 1, D)
+        grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        with grad:
+            rois = self._rois(inputs, boxes, keep, param.device)  # (R, 5)
+            pixels = inputs.pixels if len(keep) == n_img else inputs.pixels[keep]  # (B', 3, H, W)
+            pixels = pixels.to(device=param.device, dtype=param.dtype)
+            feats = self.pool(self.res4(pixels), rois)  # (R, D)
+        return feats.to(param.dtype).unsqueeze(1)  # (R, 1, D), in the weights' dtype even under autocast

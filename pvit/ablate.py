@@ -1,0 +1,132 @@
+"""``pvit ablate`` (same recipe, only the region encoder changed) and ``pvit eval`` on exported checkpoints."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from pvit.checkpoints import atomic_write_text
+from pvit.recipe import load_recipe
+
+#: Slots whose training makes a stage depend on the region encoder.
+REGION_SLOTS = {"region_encoder", "region_projector", "new_token_embeddings", "bbox_embed"}
+
+
+def shared_prefix(cfg) -> int:
+    """Number of leading stages that do not involve the region encoder (run once, reused by every variant)."""
+    n = 0
+    for st in cfg.stages:
+        if REGION_SLOTS & set(st.trainable):
+            break
+        n += 1
+    return n
+
+
+def _variant_overrides(encoder: str) -> list[str]:
+    return [f"model.region_encoder={{name: {encoder}}}"]
+
+
+def run_ablation(recipe: Path, encoders: list[str], *, seeds: int = 1, overrides: list[str] = (),
+                 log: Callable[[str], None] = print) -> dict:
+    """Run the base recipe and each variant (only ``model.region_encoder`` changed) for ``seeds`` seeds;
+    print and write one variant x task table (mean and spread over seeds)."""
+    from pvit.run import run_recipe
+
+    base = load_recipe(recipe, list(overrides))
+    base_name = base.cfg.model.region_encoder.name if base.cfg.model.region_encoder is not None else "none"
+    variants = [base_name] + [e for e in encoders if e != base_name]
+    root = Path(base.cfg.run_dir + "-ablation")
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for seed in range(base.cfg.seed, base.cfg.seed + seeds):
+        shared_export = None
+        for v in variants:
+            ov = list(overrides) + [f"seed={seed}", f"run_dir={root}/{v}-seed{seed}"]
+            if v != base_name:
+                ov += _variant_overrides(v)
+            loaded = load_recipe(recipe, ov)
+            k = shared_prefix(loaded.cfg)
+            if v != base_name and shared_export is not None and k > 0:
+                stages = OmegaConf.to_container(loaded.cfg.stages)[k:]
+                stages[0]["init_from"] = str(shared_export)
+                OmegaConf.set_struct(loaded.cfg, False)
+                loaded.cfg.stages = stages
+                OmegaConf.set_struct(loaded.cfg, True)
+                log(f"ablate: {v} (seed {seed}) reuses the shared stages from {shared_export}")
+            else:
+                log(f"ablate: {v} (seed {seed})")
+            summary = run_recipe(loaded, overwrite=True, log=log)
+            if v == base_name and k > 0:
+                shared_export = Path(summary["run_dir"]) / "stages" / f"{k - 1}-{loaded.cfg.stages[k - 1].name}" / "export"
+            results[v].append(summary)
+    table = ablation_table(results)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "ablation.md", table + "\n")
+    atomic_write_text(root / "ablation.json", json.dumps(
+        {v: [s.get("eval", {}) for s in runs] for v, runs in results.items()}, indent=2))
+    log(table)
+    log(f"written: {root / 'ablation.md'}")
+    return results
+
+
+def ablation_table(results: dict[str, list[dict]]) -> str:
+    """Markdown table: one row per variant, one column per metric; ``mean ± stdev`` over seeds."""
+    from pvit.report import metrics_rows
+
+    cols: list[str] = []
+    values: dict[str, dict[str, list[float]]] = {}
+    for v, runs in results.items():
+        for s in runs:
+            for ev, k, x in metrics_rows(s):
+                c = f"{ev}:{k}" if len({e for e, _, _ in metrics_rows(s)}) > 1 else k
+                if c not in cols:
+                    cols.append(c)
+                values.setdefault(v, {}).setdefault(c, []).append(x)
+    head = "| variant | " + " | ".join(cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for v in results:
+        cells = []
+        for c in cols:
+            xs = values.get(v, {}).get(c, [])
+            if not xs:
+                cells.append("")
+            elif len(xs) == 1:
+                cells.append(f"{100 * xs[0]:.1f}")
+            else:
+                cells.append(f"{100 * statistics.mean(xs):.1f} ± {100 * statistics.stdev(xs):.1f}")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(recipe: Path, checkpoints: list[Path], *, out: Path | None = None, overrides=(),
+                        log: Callable[[str], None] = print) -> dict:
+    """Build the recipe's model, load exported stage weights in order, run the recipe's ``eval:`` list."""
+    from pvit.checkpoints import load_export
+    from pvit.data.templates import get_template
+    from pvit.errors import RecipeError
+    from pvit.evaluate import run_evaluations
+    from pvit.report import write_report
+    from pvit.run import build_model, check_components
+
+    loaded = load_recipe(recipe, list(overrides))
+    cfg = loaded.cfg
+    check_components(cfg)
+    if not cfg.eval:
+        raise RecipeError(f"{recipe}: the recipe has no eval: list")
+    model = build_model(cfg)
+    for c in checkpoints:
+        load_export(model, c)
+        log(f"loaded {c}")
+    out = Path(out) if out is not None else Path(checkpoints[0]).resolve().parent / "eval"
+    template = get_template(cfg.model.template, model.llm.tokenizer)
+    precision = cfg.stages[-1].optim.precision if cfg.stages else "fp32"
+    res = run_evaluations(model, list(cfg.eval), template, max_length=cfg.model.max_length,
+                          region_policy=cfg.model.region_policy, out_dir=out, precision=precision, log=log)
+    summary = {"recipe": cfg.name, "checkpoints": [str(c) for c in checkpoints], "eval": res}
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=str))
+    write_report(summary, out)
+    log(f"written: {out / 'metrics.json'}, {out / 'report.md'}")
+    return summary

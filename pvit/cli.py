@@ -1,0 +1,192 @@
+"""The ``pvit`` command line (typer); heavy libraries are imported inside the commands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pvit.errors import PvitError
+
+app = typer.Typer(
+    name="pvit",
+    help="pvit: train, ablate and evaluate region-aware multimodal LLMs (PVIT) from recipes and plugins.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect the data a recipe uses.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DEFAULT_RECIPE = "recipes/pvit_tiny.yaml"
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print pvit's user-facing errors without a traceback and exit with status 2."""
+    try:
+        yield
+    except PvitError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg)
+
+
+def _print_plan(plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="components")
+    t.add_column("slot")
+    t.add_column("component")
+    t.add_column("parameters", justify="right")
+    for c in plan.components:
+        t.add_row(c["slot"], c["name"], f"{c['parameters']:,}")
+    t.add_row("total", "", f"{plan.total:,}")
+    console.print(t)
+    s = Table(title="stages")
+    for col in ("stage", "data", "trainable", "trainable parameters", "lr"):
+        s.add_column(col, justify="right" if col == "trainable parameters" else "left")
+    for st in plan.stages:
+        s.add_row(st["name"], st["data"], ", ".join(st["trainable"]), f"{st['trainable_total']:,}", f"{st['lr']:g}")
+    console.print(s)
+
+
+def _print_results(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pvit.report import metrics_rows
+
+    rows = metrics_rows(summary)
+    if not rows:
+        return
+    t = Table(title=f"results: {summary.get('recipe')}")
+    t.add_column("evaluator")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for ev, k, v in rows:
+        t.add_row(ev, k, f"{v:.4f}")
+    Console().print(t)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/pvit_tiny.yaml."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. stages.1.optim.lr=1e-5."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the plan; train nothing."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint) or a checkpoint path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+):
+    """Run a recipe: its stages in order, then its evaluations."""
+    with user_errors():
+        from pvit.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides or [])
+        if dry_run:
+            from pvit.run import check_components, make_plan, missing_files
+
+            check_components(loaded.cfg)
+            typer.echo(loaded.to_yaml())
+            plan = make_plan(loaded.cfg)
+            _print_plan(plan)
+            missing = missing_files(loaded.cfg)
+            if missing:
+                typer.echo("files not on this machine (a real run would stop here):")
+                for k, v in missing:
+                    typer.echo(f"  - {k}: {v}")
+            return
+        from pvit.run import run_recipe
+
+        summary = run_recipe(loaded, resume=resume, overwrite=overwrite, log=_echo)
+        _print_results(summary)
+        typer.echo(f"run directory: {summary['run_dir']} (report.md, metrics.json, plots/)")
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List installed plugins: distribution, version, status and the components each registers."""
+    from pvit.plugins import plugin_infos
+
+    infos = plugin_infos()
+    if as_json:
+        typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    for i in infos:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(i.components.items()))
+        status = i.status if i.status == "ok" else f"{i.status.upper()} ({i.error})"
+        typer.echo(f"{i.name:<14} {i.distribution} {i.version:<8} {status}")
+        if comps:
+            typer.echo(f"{'':<14} {comps}")
+
+
+@app.command()
+def ablate(
+    region_encoder: List[str] = typer.Option(..., "--region-encoder", help="Variant region encoder (repeatable); 'none' = LLaVA baseline."),
+    recipe: Path = typer.Option(Path(DEFAULT_RECIPE), "--recipe", help="Base recipe."),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat each variant with this many seeds."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides applied to every variant."),
+):
+    """Re-run a recipe with only the region encoder changed and print one variant x task table."""
+    with user_errors():
+        from pvit.ablate import run_ablation
+
+        run_ablation(recipe, region_encoder, seeds=seeds, overrides=overrides or [], log=_echo)
+
+
+@app.command(name="eval")
+def eval_(
+    recipe: Path = typer.Argument(..., help="Recipe whose model and eval: list to use."),
+    checkpoint: List[Path] = typer.Option(..., "--checkpoint", help="Exported stage folder(s), applied in order."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <first checkpoint>/../eval)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides."),
+):
+    """Evaluate exported checkpoints with a recipe's evaluators: metrics JSON, per-sample JSONL, a markdown table."""
+    with user_errors():
+        from pvit.ablate import evaluate_checkpoint
+
+        summary = evaluate_checkpoint(recipe, checkpoint, out=out, overrides=overrides or [], log=_echo)
+        _print_results(summary)
+
+
+@data_app.command("check")
+def data_check(
+    recipe: Path = typer.Argument(..., help="Recipe whose stage and eval data to check."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Check at most this many samples per dataset."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides."),
+):
+    """Count samples, regions, invalid boxes, truncations and bad images before training."""
+    with user_errors():
+        from pvit.datacheck import check_data
+
+        check_data(recipe, overrides or [], limit=limit, log=_echo)
+
+
+def _load_plugin_commands() -> None:
+    try:
+        from pvit.plugins import get_plugin_manager
+
+        get_plugin_manager().hook.pvit_register_commands(app=app)
+    except Exception as e:  # a broken plugin must not break the command line
+        print(f"warning: plugin commands not loaded: {e}", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point of the ``pvit`` console script."""
+    _load_plugin_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

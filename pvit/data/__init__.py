@@ -1,0 +1,1 @@
+"""Data plumbing shared by every dataset: conversation templates and the collator."""

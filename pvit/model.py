@@ -1,0 +1,200 @@
+"""PVITModel: composes encoders, projectors and an LLM, and splices projected features into the token stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pvit.errors import SpliceError
+from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs
+from pvit.plugins import build
+
+#: Model slots a stage may list in ``trainable``.
+SLOTS = ("image_encoder", "region_encoder", "projector", "region_projector", "llm", "new_token_embeddings", "bbox_embed")
+
+
+class PVITModel(nn.Module):
+    """Image encoder + region encoder + projectors + LLM.
+
+    ``forward(batch)`` takes a batch from [Collator][pvit.data.collate.Collator] and returns the LM output
+    (with ``loss`` when the batch has labels). Projected image features replace the ``<im_patch>``
+    placeholders and projected region features (plus the optional box-position embedding) replace the
+    ``<region_patch>`` placeholders, each with one vectorised masked assignment after a count check.
+    """
+
+    def __init__(self, llm, image_encoder=None, region_encoder=None, projector=None, region_projector=None,
+                 bbox_embed: bool = False):
+        super().__init__()
+        self.llm = llm
+        self.image_encoder = image_encoder
+        self.region_encoder = region_encoder
+        self.projector = projector
+        self.region_projector = region_projector
+        tokens: list[str] = []
+        if image_encoder is not None:
+            tokens.append(IMAGE_PATCH_TOKEN)
+        k = self.tokens_per_region
+        if k > 0:
+            tokens.append(REGION_PATCH_TOKEN)
+        if region_encoder is not None:
+            tokens += list(region_encoder.special_tokens)
+        self.new_token_ids: list[int] = llm.add_tokens(tokens)
+        tok = llm.tokenizer
+        vocab = tok.get_vocab() if tok is not None else {}
+        self.image_patch_id = vocab.get(IMAGE_PATCH_TOKEN, -1)
+        self.region_patch_id = vocab.get(REGION_PATCH_TOKEN, -1)
+        self.bbox_embed = None
+        if bbox_embed and k > 0:
+            # PVIT's stage-2 ``bbox_fc`` (Linear(4, D)); zero-initialised here so that adding it leaves the
+            # features of an earlier stage unchanged until it learns.
+            self.bbox_embed = nn.Linear(4, llm.hidden_size)
+            nn.init.zeros_(self.bbox_embed.weight)
+            nn.init.zeros_(self.bbox_embed.bias)
+
+    # --------------------------------------------------------------------------------------------- build
+    @classmethod
+    def from_config(cls, model_cfg: Any) -> "PVITModel":
+        """Build from a recipe's ``model`` section, wiring projector dimensions."""
+        def opts(c):
+            return dict(c.options) if c is not None and c.options is not None else {}
+
+        llm = build("llm", model_cfg.llm.name, where="model.llm", **_plain(opts(model_cfg.llm)))
+        image_encoder = None
+        if model_cfg.image_encoder is not None:
+            image_encoder = build("image_encoder", model_cfg.image_encoder.name, where="model.image_encoder",
+                                  **_plain(opts(model_cfg.image_encoder)))
+        region_encoder = None
+        if model_cfg.region_encoder is not None:
+            extra = {"image_encoder": image_encoder} if image_encoder is not None else {}
+            region_encoder = build("region_encoder", model_cfg.region_encoder.name, where="model.region_encoder",
+                                   **_plain(opts(model_cfg.region_encoder)), **extra)
+        projector = None
+        if image_encoder is not None:
+            projector = build("projector", model_cfg.projector.name, where="model.projector",
+                              in_dim=image_encoder.out_dim, out_dim=llm.hidden_size, **_plain(opts(model_cfg.projector)))
+        region_projector = None
+        if region_encoder is not None and region_encoder.tokens_per_region > 0:
+            region_projector = build("projector", model_cfg.region_projector.name, where="model.region_projector",
+                                     in_dim=region_encoder.out_dim, out_dim=llm.hidden_size,
+                                     **_plain(opts(model_cfg.region_projector)))
+        return cls(llm, image_encoder, region_encoder, projector, region_projector, bbox_embed=model_cfg.bbox_embed)
+
+    @property
+    def tokens_per_region(self) -> int:
+        return int(self.region_encoder.tokens_per_region) if self.region_encoder is not None else 0
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.image_encoder.num_tokens) if self.image_encoder is not None else 0
+
+    def slot_parameters(self, slot: str) -> list[nn.Parameter]:
+        """Parameters of a model slot (see ``SLOTS``); ``new_token_embeddings`` is the LLM's embedding matrices."""
+        if slot == "new_token_embeddings":
+            emb = [self.llm.model.get_input_embeddings().weight]
+            out = self.llm.model.get_output_embeddings()
+            if out is not None and out.weight is not emb[0]:
+                emb.append(out.weight)
+            return emb
+        module = getattr(self, slot, None)
+        return list(module.parameters()) if module is not None else []
+
+    # --------------------------------------------------------------------------------------------- forward
+    def _check_counts(self, input_ids, token_id, expected, what, ids):
+        counts = (input_ids == token_id).sum(1)  # (B,)
+        if not torch.equal(counts, expected.to(counts.device)):
+            b = int((counts != expected.to(counts.device)).nonzero()[0])
+            sid = ids[b] if ids is not None else b
+            raise SpliceError(
+                f"sample {sid}: {int(counts[b])} {what} placeholder tokens in the text but {int(expected[b])} "
+                f"{what} feature vectors; the text and the {what} inputs disagree"
+            )
+
+    def embed_inputs(self, batch: dict) -> torch.Tensor:
+        """Token embeddings with projected image and region features spliced in: (B, T, D)."""
+        input_ids = batch["input_ids"]
+        embeds = self.llm.embed(input_ids)  # (B, T, D)
+        B = input_ids.shape[0]
+        ids = batch.get("ids")
+        pixels = batch.get("pixels")
+        image_sample = batch.get("image_sample")
+        maps: list[torch.Tensor] = []
+        if self.image_encoder is not None:
+            expected = torch.zeros(B, dtype=torch.long)
+            if pixels is not None and len(pixels):
+                expected[image_sample.cpu()] = self.num_image_tokens
+            self._check_counts(input_ids, self.image_patch_id, expected, "image", ids)
+            if pixels is not None and len(pixels):
+                layers = list(getattr(self.region_encoder, "image_layers", []) or [])
+                if layers:
+                    tokens, maps = self.image_encoder.forward_with_maps(pixels, layers)  # (B_i, N, D_v)
+                else:
+                    tokens = self.image_encoder(pixels)  # (B_i, N, D_v)
+                feats = self.projector(tokens)  # (B_i, N, D)
+                mask = (input_ids == self.image_patch_id).unsqueeze(-1)  # (B, T, 1)
+                embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        k = self.tokens_per_region
+        if k > 0:
+            n_regions = batch["n_regions"]
+            self._check_counts(input_ids, self.region_patch_id, n_regions * k, "region", ids)
+            boxes = batch.get("boxes") or []
+            if int(n_regions.sum()) > 0:
+                rin: RegionInputs = batch.get("region_inputs") or RegionInputs()
+                if maps:
+                    rin = RegionInputs(rin.pixels, rin.sizes, maps, tuple(self.image_encoder.image_size))
+                feats = self.region_encoder(rin, boxes)  # (R, K, D_r)
+                reg = self.region_projector(feats)  # (R, K, D)
+                if self.bbox_embed is not None:
+                    flat = torch.cat([b.to(reg.device) for b in boxes]).to(reg.dtype)  # (R, 4)
+                    reg = reg + self.bbox_embed(flat).unsqueeze(1)  # (R, K, D)
+                mask = (input_ids == self.region_patch_id).unsqueeze(-1)  # (B, T, 1)
+                embeds = embeds.masked_scatter(mask, reg.to(embeds.dtype))
+        return embeds
+
+    def forward(self, batch: dict):
+        """LM output for a collated batch; ``.loss`` is the mean over assistant tokens."""
+        embeds = self.embed_inputs(batch)
+        return self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch.get("labels"))
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 32, do_sample: bool = False, **kwargs) -> list[str]:
+        """Generate continuations for a left-padded prompt batch (KV cache on); returns decoded texts."""
+        embeds = self.embed_inputs(batch)
+        tok = self.llm.tokenizer
+        out = self.llm.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            use_cache=True,
+            **kwargs,
+        )
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+def _plain(options: dict) -> dict:
+    """OmegaConf containers -> plain Python (factories get dicts and lists)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+            for k, v in options.items()}
+
+
+def batch_to(batch: dict, device) -> dict:
+    """Move every tensor of a batch (and its RegionInputs) to ``device``."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, RegionInputs):
+            out[k] = v.to(device)
+        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            out[k] = [t.to(device) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
