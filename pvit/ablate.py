@@ -26,6 +26,16 @@ def shared_prefix(cfg) -> int:
     return n
 
 
+def keep_stages(cfg, start: int, init_from: str | Path | None = None) -> None:
+    """Drop the first ``start`` stages of ``cfg``; the first remaining one starts from ``init_from``."""
+    from pvit.recipe import Stage
+
+    stages = OmegaConf.to_container(cfg.stages, resolve=True)[start:]
+    if init_from is not None and stages:
+        stages[0]["init_from"] = str(init_from)
+    cfg.stages = [OmegaConf.merge(OmegaConf.structured(Stage), s) for s in stages]
+
+
 def _variant_overrides(encoder: str) -> list[str]:
     return [f"model.region_encoder={{name: {encoder}}}"]
 
@@ -50,11 +60,7 @@ def run_ablation(recipe: Path, encoders: list[str], *, seeds: int = 1, overrides
             loaded = load_recipe(recipe, ov)
             k = shared_prefix(loaded.cfg)
             if v != base_name and shared_export is not None and k > 0:
-                stages = OmegaConf.to_container(loaded.cfg.stages)[k:]
-                stages[0]["init_from"] = str(shared_export)
-                OmegaConf.set_struct(loaded.cfg, False)
-                loaded.cfg.stages = stages
-                OmegaConf.set_struct(loaded.cfg, True)
+                keep_stages(loaded.cfg, k, init_from=shared_export)
                 log(f"ablate: {v} (seed {seed}) reuses the shared stages from {shared_export}")
             else:
                 log(f"ablate: {v} (seed {seed})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -116,19 +117,27 @@ def run(
 
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List installed plugins: distribution, version, status and the components each registers."""
+    """List installed plugins: distribution, version, status and the components each registers.
+
+    Plugins that failed to load or that register a name another plugin also registers are listed with
+    the cause, and summarised on stderr.
+    """
     from pvit.plugins import plugin_infos
 
     infos = plugin_infos()
     if as_json:
         typer.echo(json.dumps([i.as_dict() for i in infos], indent=2))
-        return
-    for i in infos:
-        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(i.components.items()))
-        status = i.status if i.status == "ok" else f"{i.status.upper()} ({i.error})"
-        typer.echo(f"{i.name:<14} {i.distribution} {i.version:<8} {status}")
-        if comps:
-            typer.echo(f"{'':<14} {comps}")
+    else:
+        for i in infos:
+            comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(i.components.items()))
+            status = i.status if i.status == "ok" else f"{i.status.upper()} ({i.error})"
+            typer.echo(f"{i.name:<14} {i.distribution} {i.version:<8} {status}")
+            if comps:
+                typer.echo(f"{'':<14} {comps}")
+    broken = [i for i in infos if i.status in ("failed", "conflict")]
+    if broken:
+        names = ", ".join(f"{i.name} ({i.status})" for i in broken)
+        typer.secho(f"warning: {len(broken)} plugin(s) need attention: {names}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -168,22 +177,50 @@ def data_check(
 ):
     """Count samples, regions, invalid boxes, truncations and bad images before training."""
     with user_errors():
-        from pvit.datacheck import check_data
-
+        try:
+            from pvit.datacheck import check_data
+        except ModuleNotFoundError as e:
+            if e.name != "pvit.datacheck":
+                raise
+            typer.secho("error: 'pvit data check' is not available in this installation (pvit.datacheck is missing)",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
         check_data(recipe, overrides or [], limit=limit, log=_echo)
 
 
 def _load_plugin_commands() -> None:
-    try:
-        from pvit.plugins import get_plugin_manager
+    """Let each loaded plugin add sub-commands; one that fails is reported and skipped."""
+    from pvit.plugins import get_plugin_manager
 
-        get_plugin_manager().hook.pvit_register_commands(app=app)
+    try:
+        impls = get_plugin_manager().hook.pvit_register_commands.get_hookimpls()
     except Exception as e:  # a broken plugin must not break the command line
         print(f"warning: plugin commands not loaded: {e}", file=sys.stderr)
+        return
+    for impl in impls:
+        try:
+            impl.function(app=app)
+        except Exception as e:
+            print(f"warning: pvit plugin {impl.plugin_name!r} failed to add its commands: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Plugin warnings print as one ``warning: ...`` line; others as Python prints them."""
+    from pvit.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def main() -> None:
     """Entry point of the ``pvit`` console script."""
+    warnings.showwarning = _show_warning
     _load_plugin_commands()
     app()
 

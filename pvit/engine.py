@@ -113,8 +113,11 @@ def set_trainable(model: PVITModel, slots: list[str], where: str = "stage") -> T
 
 
 # ------------------------------------------------------------------------------------- mmengine model
-def _wrap(model: PVITModel, precision: str):
+def _wrap(model: PVITModel, precision: str, trainable: list[str]):
     from mmengine.model import BaseModel
+
+    frozen = [s for s in ("projector", "region_projector", "llm", "bbox_embed", "image_encoder", "region_encoder")
+              if s not in trainable and getattr(model, s, None) is not None]
 
     class _Trainer(BaseModel):
         """mmengine's view of a PVITModel: ``forward(**batch, mode='loss') -> {'loss': ...}``."""
@@ -122,6 +125,13 @@ def _wrap(model: PVITModel, precision: str):
         def __init__(self):
             super().__init__()
             self.pvit = model
+
+        def train(self, mode: bool = True):
+            """Frozen slots stay in eval mode (no BatchNorm statistics updates, no dropout)."""
+            super().train(mode)
+            for slot in frozen:
+                getattr(self.pvit, slot).eval()
+            return self
 
         def forward(self, mode: str = "loss", **batch):
             device = next(self.pvit.llm.parameters()).device
@@ -149,7 +159,7 @@ def _make_hooks(stage_name: str, total: int, log_every: int, progress: bool, los
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             it = runner.iter + 1
-            loss = float(outputs["loss"]) if outputs else float("nan")
+            loss = float(outputs["loss"].detach()) if outputs else float("nan")
             losses.append((it, loss))
             if progress and runner.rank == 0 and (it % log_every == 0 or it == total):
                 lr = runner.optim_wrapper.get_lr()["lr"][0]
@@ -220,7 +230,7 @@ def run_stage(
         persistent_workers=engine_cfg.num_workers > 0,
         drop_last=True,
     )
-    trainer = _wrap(model, optim.precision)
+    trainer = _wrap(model, optim.precision, list(stage.trainable))
     optimizer = torch.optim.AdamW(_param_groups(trainer, optim.weight_decay), lr=optim.lr,
                                   betas=tuple(optim.betas))
     wrapper = OptimWrapper(
@@ -264,7 +274,7 @@ def run_stage(
         load_from=(TRUSTED_PREFIX + resume_from) if resume_from else None,
         log_level="WARNING",
         default_scope="mmengine",
-        experiment_name=f"{stage.name}",
+        experiment_name=f"{stage.name}_{os.getpid()}_{time.time_ns()}",
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
     t0 = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_ori
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pvit.errors import RecipeError
 
@@ -23,8 +24,15 @@ FORBIDDEN_KEYS = {
     "type": "'type:' import paths are not allowed; name a registered component with 'name:'",
     "trust_remote_code": "trust_remote_code is not allowed: only installed, registered code runs",
 }
-_SECRET_RE = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth|credential)", re.IGNORECASE)
+#: A secret-looking environment variable or key: a whole ``_``/``-``-separated word such as ``HF_TOKEN``,
+#: ``WANDB_API_KEY``, ``hub_token`` or ``use_auth_token`` (not ``max_new_tokens`` or ``tokenizer``).
+_SECRET_RE = re.compile(
+    r"(?:^|[_\-])(?:token|secret|password|passwd|passphrase|api[_\-]?key|access[_\-]?key|private[_\-]?key|auth|"
+    r"credentials?)(?:$|[_\-])",
+    re.IGNORECASE,
+)
 _ENV_RE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+_MIN_SECRET_LEN = 6  # shorter values are only redacted where they were interpolated, not searched for elsewhere
 
 
 @dataclass
@@ -132,11 +140,14 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _read_yaml(path: Path, errors: list[str]) -> dict | None:
+def _read_yaml(path: Path, errors: list[str], via: str = "") -> dict | None:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        errors.append(f"{path}: file not found")
+        errors.append(f"{path}: recipe file not found{via}")
+        return None
+    except IsADirectoryError:
+        errors.append(f"{path}: is a directory, not a recipe file{via}")
         return None
     except OSError as e:
         errors.append(f"{path}: cannot read ({e.strerror})")
@@ -166,24 +177,27 @@ def _check_forbidden(node: Any, path: str, errors: list[str], source: str) -> No
             _check_forbidden(v, f"{path}[{i}]", errors, source)
 
 
-def _layers(path: Path, errors: list[str], seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+def _layers(path: Path, errors: list[str], seen: tuple[Path, ...] = (), via: str = "") -> list[tuple[Path, dict]]:
     """The layers of ``path``, base first: each ``base:`` (a path or list, relative to the file) before it."""
     path = path.resolve()
     if path in seen:
         errors.append(f"{path}: 'base:' layers form a cycle: {' -> '.join(str(p) for p in seen + (path,))}")
         return []
-    data = _read_yaml(path, errors)
+    data = _read_yaml(path, errors, via)
     if data is None:
         return []
     _check_forbidden(data, "", errors, str(path))
     bases = data.pop("base", None)
     out: list[tuple[Path, dict]] = []
     if bases is not None:
-        for b in [bases] if isinstance(bases, str) else list(bases):
+        if not isinstance(bases, (str, list)):
+            errors.append(f"base ({path}): expected a path or a list of paths, got {bases!r}")
+            bases = []
+        for b in [bases] if isinstance(bases, str) else bases:
             if not isinstance(b, str):
                 errors.append(f"base ({path}): expected a path or a list of paths, got {b!r}")
                 continue
-            out += _layers((path.parent / b), errors, seen + (path,))
+            out += _layers(path.parent / b, errors, seen + (path,), via=f" (named by 'base: {b}' in {path})")
     out.append((path, data))
     return out
 
@@ -219,8 +233,16 @@ def _parse_override(item: str, errors: list[str]) -> tuple[str, Any] | None:
     return key, value
 
 
+def _renames(kv: tuple[str, Any]) -> bool:
+    key, value = kv
+    return key.split(".")[-1] == "name" or (isinstance(value, dict) and "name" in value)
+
+
 def _apply_override(data: dict, key: str, value: Any, errors: list[str]) -> None:
-    """Set ``key`` (dots; integers index lists) in plain ``data``; a missing list index is an error."""
+    """Set ``key`` (dots; integers index lists) in plain ``data``; a missing list index is an error.
+
+    Setting a component's ``name`` to another name drops the options it had (the rename rule).
+    """
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -240,6 +262,8 @@ def _apply_override(data: dict, key: str, value: Any, errors: list[str]) -> None
             node = node[idx]
         elif isinstance(node, dict):
             if last:
+                if part == "name" and "options" in node and node.get("name") != value:
+                    node.pop("options")  # a renamed component does not inherit the old one's options
                 node[part] = _merge(node[part], value) if part in node else value
                 return
             if node.get(part) is None:
@@ -320,23 +344,34 @@ def _validate(tp: Any, value: Any, path: str, errors: list[str]) -> None:
 
 
 def _resolve_all(cfg: Any, path: str, errors: list[str]) -> None:
+    """Resolve every node of ``cfg``, collecting one error per node that fails (missing values are skipped:
+    the schema check reports them)."""
     if isinstance(cfg, DictConfig):
-        for k in cfg.keys():
-            key = f"{path}.{k}" if path else str(k)
-            try:
-                node = cfg[k]
-            except OmegaConfBaseException as e:
-                errors.append(f"{key}: cannot resolve {OmegaConf.to_container(cfg)[k]!r}: {_short(e)}")
-                continue
-            _resolve_all(node, key, errors)
+        items = [(k, f"{path}.{k}" if path else str(k)) for k in cfg.keys()]
     elif isinstance(cfg, ListConfig):
-        for i in range(len(cfg)):
-            try:
-                node = cfg[i]
-            except OmegaConfBaseException as e:
-                errors.append(f"{path}[{i}]: cannot resolve: {_short(e)}")
-                continue
-            _resolve_all(node, f"{path}[{i}]", errors)
+        items = [(i, f"{path}[{i}]") for i in range(len(cfg))]
+    else:
+        return
+    for k, key in items:
+        try:
+            node = cfg[k]
+        except MissingMandatoryValue:
+            continue
+        except OmegaConfBaseException as e:
+            raw = OmegaConf.to_container(cfg, resolve=False)[k]
+            shown = f" {raw!r}" if isinstance(raw, str) else ""
+            errors.append(f"{key}: cannot resolve{shown}: {_short(e)}")
+            continue
+        _resolve_all(node, key, errors)
+
+
+def _interpolation_errors(data: dict, errors: list[str]) -> None:
+    """Broken interpolations of plain ``data`` (before the schema merge, so they come with schema errors)."""
+    try:
+        plain = OmegaConf.create(data)
+    except OmegaConfBaseException:
+        return  # the schema merge reports it
+    _resolve_all(plain, "", errors)
 
 
 def _short(e: Exception) -> str:
@@ -375,45 +410,101 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe
         merged = _merge(merged, data)
     parsed = [p for p in (_parse_override(o, errors) for o in overrides) if p is not None]
     for key, value in parsed:
-        if key.split(".")[-1] in FORBIDDEN_KEYS:
-            _check_forbidden({key.split(".")[-1]: value}, ".".join(key.split(".")[:-1]), errors, "override")
-        else:
-            _check_forbidden(value, key, errors, "override")
+        _check_forbidden_override(key, value, errors)
     if errors:
-        raise RecipeError(errors, source=str(path))
-    for key, value in parsed:
+        raise _error(errors, path, merged)
+    # Renames first, so `model.x.name=new model.x.options.k=v` keeps k whatever the order on the command line.
+    for key, value in sorted(parsed, key=lambda kv: not _renames(kv)):
         _apply_override(merged, key, value, errors)
     _validate(Recipe, merged, "", errors)
+    _interpolation_errors(merged, errors)
     if errors:
-        raise RecipeError(errors, source=str(path))
+        raise _error(errors, path, merged)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Recipe), merged)
     except OmegaConfBaseException as e:
-        raise RecipeError([_short(e)], source=str(path)) from None
+        raise _error([_short(e)], path, merged) from None
     OmegaConf.set_struct(cfg, True)
     _resolve_all(cfg, "", errors)
     for key in sorted(OmegaConf.missing_keys(cfg)):
         errors.append(f"{key}: missing mandatory value")
     if errors:
-        raise RecipeError(errors, source=str(path))
+        raise _error(errors, path, merged)
     return LoadedRecipe(cfg=cfg, path=path, layers=[p for p, _ in layers], overrides=list(overrides), raw=merged)
 
 
+def _check_forbidden_override(key: str, value: Any, errors: list[str]) -> None:
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part in FORBIDDEN_KEYS and not (part == "trust_remote_code" and i == len(parts) - 1 and value is False):
+            errors.append(f"{key} (override): {FORBIDDEN_KEYS[part]}")
+            return
+    _check_forbidden(value, key, errors, "override")
+
+
+def _error(errors: list[str], path: Path, raw: Any) -> RecipeError:
+    """A RecipeError whose messages carry no secret taken from the environment."""
+    secrets = _secret_env_values(raw)
+    return RecipeError([_scrub(e, secrets) for e in errors], source=str(path))
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_RE.search(name))
+
+
+def _secret_env_values(raw: Any, key: str = "", out: dict[str, str] | None = None) -> dict[str, str]:
+    """Current values of the secret environment variables ``raw`` interpolates: value -> variable name.
+
+    A variable is secret when its name looks like one (``HF_TOKEN``) or it sits under a secret-looking key.
+    """
+    out = {} if out is None else out
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            _secret_env_values(v, str(k), out)
+    elif isinstance(raw, list):
+        for v in raw:
+            _secret_env_values(v, key, out)
+    elif isinstance(raw, str):
+        for var in _ENV_RE.findall(raw):
+            value = os.environ.get(var)
+            if value and (_is_secret_name(var) or _is_secret_name(key)):
+                out[value] = var
+    return out
+
+
+def _scrub(text: str, secrets: dict[str, str]) -> str:
+    for value, var in sorted(secrets.items(), key=lambda kv: -len(kv[0])):
+        if len(value) >= _MIN_SECRET_LEN:
+            text = text.replace(value, f"<redacted: from ${var}>")
+    return text
+
+
 def dump_yaml(cfg: DictConfig, resolve: bool = True) -> str:
-    """YAML of ``cfg``; values interpolated from secret-looking environment variables (or under secret-looking
-    keys) are replaced by ``<redacted: from $VAR>``."""
+    """YAML of ``cfg`` with secrets from the environment redacted.
+
+    A value interpolated from a secret-looking environment variable (``${oc.env:HF_TOKEN}``) or under a
+    secret-looking key (``hub_token: ${...}``) becomes ``<redacted: from $VAR>``, and so does any other string
+    that contains such a secret (``run_dir: runs/${paths.token}``). Other environment values (data paths) stay.
+    """
     raw = OmegaConf.to_container(cfg, resolve=False)
     data = OmegaConf.to_container(cfg, resolve=resolve) if resolve else raw
+    secrets = _secret_env_values(raw)
 
     def redact(r: Any, d: Any, key: str = "") -> Any:
         if isinstance(r, dict) and isinstance(d, dict):
             return {k: redact(r.get(k), v, str(k)) for k, v in d.items()}
         if isinstance(r, list) and isinstance(d, list):
             return [redact(a, b, key) for a, b in zip(r, d)]
-        if isinstance(r, str):
-            m = _ENV_RE.search(r)
-            if m and (_SECRET_RE.search(m.group(1)) or _SECRET_RE.search(key)):
-                return f"<redacted: from ${m.group(1)}>"
+        if isinstance(r, str) and "${" in r and d != r:
+            env = _ENV_RE.findall(r)
+            secret_vars = [v for v in env if _is_secret_name(v)]
+            if secret_vars or _is_secret_name(key):
+                var = (secret_vars or env or [None])[0]
+                return f"<redacted: from ${var}>" if var else "<redacted>"
+        if isinstance(d, str):
+            scrubbed = _scrub(d, secrets)
+            if scrubbed != d:
+                return scrubbed
         return d
 
     return yaml.safe_dump(redact(raw, data), sort_keys=False)

@@ -128,7 +128,7 @@ def _check_region_text(enc, rng) -> dict:
             + (f" or the placeholders {list(PLACEHOLDER_TOKENS)}" if k > 0 else ""),
         )
         texts[box] = text
-    if k == 0:
+    if k == 0 and getattr(enc, "carries_box", True):
         _require(
             len(set(texts.values())) == len(texts), enc, "region_text",
             "with tokens_per_region 0 the box is carried only by the text, but different boxes render the same "

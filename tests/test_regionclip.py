@@ -106,6 +106,16 @@ def test_images_without_boxes_are_skipped_and_order_is_kept():
         enc(inputs, [b0, b2])
 
 
+def test_mean_query_attnpool_equals_clip_attnpool():
+    from pvit_regionclip.attnpool import mean_query_attnpool
+
+    enc = make_encoder()
+    x = torch.randn(3, 512, 9, 9, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = enc.visual.attnpool(x)  # (3, 32)
+        assert torch.allclose(mean_query_attnpool(enc.visual.attnpool, x), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_autocast_runs_and_stays_close():
     enc = make_encoder(model="tiny")
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))

@@ -11,6 +11,7 @@ from torchvision.ops import roi_align
 
 from pvit.errors import ComponentOptionError, InvalidRegionError
 from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit_regionclip.attnpool import mean_query_attnpool
 from pvit_regionclip.config import ResNetConfig
 from pvit_regionclip.preprocess import collate_images, prepare_image
 
@@ -91,14 +92,14 @@ class RegionCLIPEncoder(nn.Module):
         """res4 (B, C, h, w) and rois (R, 5) = (batch_idx, x1, y1, x2, y2) in input pixels -> (R, out_dim).
 
         One RoIAlign (aligned=True, sampling_ratio=0, scale 1/16) in fp32 for all boxes, then one layer4 +
-        attnpool pass over all RoIs.
+        attnpool pass over all RoIs (the attnpool evaluated for its mean-token query only, same output).
         """
         with torch.autocast(res4.device.type, enabled=False):
             pooled = roi_align(
                 res4.float(), rois.float(), (self.roi_size, self.roi_size), 1.0 / RES4_STRIDE, 0, True
             )  # (R, C, S, S)
         x = self.visual.layer4(pooled.to(res4.dtype))  # (R, 2C, S/2, S/2)
-        return self.visual.attnpool(x)  # (R, out_dim)
+        return mean_query_attnpool(self.visual.attnpool, x)  # (R, out_dim), = visual.attnpool(x)
 
     def _rois(self, inputs: RegionInputs, boxes: list, keep: list[int], device: torch.device) -> torch.Tensor:
         """Normalised boxes of the kept images -> (R, 5) rois in resized-image pixels, batch index into ``keep``."""

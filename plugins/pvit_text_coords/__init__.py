@@ -16,6 +16,22 @@ def make_text_coords(style: str = "pvit"):
     return TextCoordsEncoder(style=style)
 
 
+def make_no_regions(text: str = "the region"):
+    """The LLaVA baseline of the ablation: no region information at all.
+
+    Every region mention becomes the plain words ``text`` (default "the region"): no features, no
+    coordinates, no new tokens. It sets ``carries_box = False`` so the contract check does not ask different
+    boxes to render differently.
+
+    Options:
+        text: the words that replace each mention.
+    """
+    from pvit_text_coords.encoder import NoRegionEncoder
+
+    return NoRegionEncoder(text=text)
+
+
 @pvit.hookimpl
 def pvit_register_region_encoders(register):
     register("text-coords", make_text_coords)
+    register("none", make_no_regions)

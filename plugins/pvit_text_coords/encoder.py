@@ -75,3 +75,24 @@ class TextCoordsEncoder(nn.Module):
         """
         find = regions.find_mentions if self.style == "pvit" else regions.find_shikra
         return [m.box for m in find(text, policy=policy, stats=stats)]
+
+
+class NoRegionEncoder(TextCoordsEncoder):
+    """``none``: a region mention becomes fixed words; the model gets no box information (LLaVA baseline)."""
+
+    carries_box = False
+
+    def __init__(self, text: str = "the region"):
+        super().__init__(style="shikra")
+        self.text = text
+
+    def extra_repr(self) -> str:
+        return f"text={self.text!r}"
+
+    def region_text(self, box: Sequence[float]) -> str:
+        """The fixed words, whatever the box."""
+        return self.text
+
+    def decode(self, text: str, **kwargs) -> list:
+        """No boxes can be read back: always empty."""
+        return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -20,7 +21,7 @@ NAME = "hf-clip"
 def _vision_config(config: dict):
     from transformers import CLIPVisionConfig
 
-    if not isinstance(config, dict):
+    if not isinstance(config, Mapping):
         raise ComponentOptionError(f"{NAME}: option 'config' must be a mapping of CLIPVisionConfig fields, got {config!r}")
     known = set(CLIPVisionConfig().to_dict())
     unknown = sorted(k for k in config if k not in known)
@@ -29,7 +30,7 @@ def _vision_config(config: dict):
             f"{NAME}: config has fields CLIPVisionConfig does not know: {unknown}; e.g. hidden_size, "
             "intermediate_size, num_hidden_layers, num_attention_heads, image_size, patch_size, hidden_act"
         )
-    return CLIPVisionConfig(**config)
+    return CLIPVisionConfig(**dict(config))
 
 
 def _preprocessor_mean_std(path: str) -> tuple[tuple, tuple]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 
 import torch
 
@@ -35,7 +36,7 @@ def _vision_cfg(model) -> tuple[dict, bool, int]:
         vision = dict(cfg["vision_cfg"])
         quick_gelu = bool(cfg.get("quick_gelu", False))
         embed_dim = int(cfg.get("embed_dim", 512))
-    elif isinstance(model, dict):
+    elif isinstance(model, Mapping):
         vision = dict(model)
         quick_gelu = bool(vision.pop("quick_gelu", False))
         embed_dim = int(vision.pop("embed_dim", vision.get("width", 512)))

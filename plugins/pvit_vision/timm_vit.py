@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 import torch
 
@@ -72,7 +73,7 @@ class TimmViTEncoder(ViTImageEncoder):
         seed: int | None = 0,
     ) -> None:
         torch_dtype = parse_dtype(dtype, NAME)
-        if options is not None and not isinstance(options, dict):
+        if options is not None and not isinstance(options, Mapping):
             raise ComponentOptionError(f"{NAME}: option 'options' must be a mapping of timm.create_model kwargs")
         with seeded(seed):
             net = _create(model, dict(options or {}))

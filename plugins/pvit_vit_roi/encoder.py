@@ -87,22 +87,22 @@ class ViTRoIEncoder(nn.Module):
                     f"{NAME}: layers {bad} are not hidden-state indices of the {num_layers}-block image encoder; "
                     f"valid: 0 (embeddings) .. {num_layers} (last block), or -1 .. -{n}"
                 )
+        if sampling_ratio is None:
+            sampling_ratio = 0 if variant == "light" else 2
+        if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int) or sampling_ratio < 0:
+            raise ComponentOptionError(f"{NAME}: sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
         if variant == "light":
             output_size = _positive_int(2 if output_size is None else output_size, "output_size")
-            sampling_ratio = 0 if sampling_ratio is None else sampling_ratio
             if out_dim is not None:
                 _positive_int(out_dim, "out_dim")
             self.head = LightRoIHead(self.in_channels, len(self.image_layers), output_size, sampling_ratio, out_dim)
         else:
             output_size = _positive_int(14 if output_size is None else output_size, "output_size")
-            sampling_ratio = 2 if sampling_ratio is None else sampling_ratio
             out_dim = _positive_int(self.in_channels if out_dim is None else out_dim, "out_dim")
             self.head = GPT4RoIHead(
                 self.in_channels, len(self.image_layers), out_dim, output_size, sampling_ratio,
                 _positive_int(fuse_rounds, "fuse_rounds"),
             )
-        if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int) or sampling_ratio < 0:
-            raise ComponentOptionError(f"{NAME}: sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.out_dim = int(self.head.out_dim)
