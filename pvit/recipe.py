@@ -267,6 +267,10 @@ def _apply_override(data: dict, key: str, value: Any, errors: list[str]) -> None
                 node[part] = _merge(node[part], value) if part in node else value
                 return
             if node.get(part) is None:
+                if parts[i + 1].lstrip("-").isdigit():
+                    errors.append(f"override {key}: {where} is not set in the recipe, so it has no item "
+                                  f"{parts[i + 1]}; set the whole list instead, e.g. {where}=[...]")
+                    return
                 node[part] = {}
             node = node[part]
         else:
@@ -426,8 +430,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe
         raise _error([_short(e)], path, merged) from None
     OmegaConf.set_struct(cfg, True)
     _resolve_all(cfg, "", errors)
-    for key in sorted(OmegaConf.missing_keys(cfg)):
-        errors.append(f"{key}: missing mandatory value")
+    if not errors:
+        errors += [f"{key}: missing mandatory value" for key in sorted(OmegaConf.missing_keys(cfg))]
     if errors:
         raise _error(errors, path, merged)
     return LoadedRecipe(cfg=cfg, path=path, layers=[p for p, _ in layers], overrides=list(overrides), raw=merged)

@@ -244,7 +244,7 @@ def test_dtype_option(pixels):
 
 
 def test_option_errors(tmp_path):
-    with pytest.raises(ComponentOptionError, match="exactly one of 'path'"):
+    with pytest.raises(ComponentOptionError, match="give 'path'"):
         pvit.build("image_encoder", "hf-clip")
     with pytest.raises(ComponentOptionError, match="hidden_sise"):
         pvit.build("image_encoder", "hf-clip", config={"hidden_sise": 3})

@@ -7,6 +7,7 @@ A page asks for a generated block with a marker comment on a line of its own:
 - ``<!-- pvit:components -->``: every component the built-in plugins register, with its options.
 - ``<!-- pvit:evaluators -->``: dataset, prompt, coordinate format and matcher of each built-in evaluator.
 - ``<!-- pvit:recipes -->``: the recipes shipped in ``recipes/``.
+- ``<!-- pvit:error ClassName -->``: a real message of that ``pvit.errors`` class, produced at build time.
 
 Problems (an unknown marker, a schema field without a description, a hook missing from the hooks
 reference) are logged as warnings, which fail ``mkdocs build --strict``.
@@ -25,7 +26,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 log = logging.getLogger("mkdocs.plugins.pvit_docs")
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER_RE = re.compile(r"^<!-- pvit:([a-z-]+) -->$", re.M)
+MARKER_RE = re.compile(r"^<!-- pvit:([a-z-]+)(?: ([A-Za-z]+))? -->$", re.M)
 
 # ------------------------------------------------------------------------------------------- recipe schema
 #: One line per recipe field. A field of pvit/recipe.py missing here (or a stale entry) fails the build.
@@ -277,11 +278,14 @@ def evaluators_table() -> str:
 
 # ------------------------------------------------------------------------------------------- shipped recipes
 def _leading_comment(text: str) -> str:
+    """The first paragraph of the comment block a recipe opens with."""
     lines = []
     for line in text.splitlines():
-        if not line.startswith("#"):
+        body = line.lstrip("#").strip()
+        if not line.startswith("#") or (not body and lines):
             break
-        lines.append(line.lstrip("#").strip())
+        if body:
+            lines.append(body)
     return " ".join(lines)
 
 
@@ -301,10 +305,120 @@ def recipes_list() -> str:
             continue
         base = data.get("base")
         base = ", ".join(f"`{b}`" for b in ([base] if isinstance(base, str) else base or [])) or "none"
-        about = str(data.get("description") or "").strip() or _leading_comment(text)
+        about = _leading_comment(text) or str(data.get("description") or "").strip()
         about = re.sub(r"\s+", " ", about).replace("|", "\\|")
         out.append(f"| `{path.relative_to(ROOT)}` | `{data.get('name', '')}` | {base} | {about} |")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------- error examples
+def _raise_each() -> dict[str, str]:
+    """Provoke each user-facing error the way a user would and keep its message (paths made relative)."""
+    import tempfile
+    import types
+    import warnings
+
+    import pvit
+    from pvit import regions
+    from pvit.plugins import register_plugin
+
+    tiny = ROOT / "recipes" / "pvit_tiny.yaml"
+    tmp = Path(tempfile.mkdtemp(prefix="pvit-docs-"))
+
+    def misspelt_plugin():
+        plugin = types.ModuleType("my_plugin")
+
+        @pvit.hookimpl
+        def pvit_register_region_encoder(register):  # the hook is pvit_register_region_encoders
+            register("box-stats", dict)
+
+        plugin.pvit_register_region_encoder = pvit_register_region_encoder
+        register_plugin(plugin, "my-plugin")
+
+    def splice():
+        import torch
+
+        from pvit.model import PVITModel
+
+        ids = torch.tensor([[5, 9, 7, 7, 8, 1]])  # (B, T): two <region_patch> (id 7) in the text
+        PVITModel._check_counts(None, ids, 7, torch.tensor([1]), "region", ["coco-val-397133-2"])
+
+    def run_dir():
+        from pvit.run import prepare_run_dir
+
+        (tmp / "runs" / "pvit-tiny").mkdir(parents=True)
+        (tmp / "runs" / "pvit-tiny" / "metrics.json").write_text("{}")
+        prepare_run_dir(tmp / "runs" / "pvit-tiny", resume=None, overwrite=False)
+
+    def checkpoint():
+        from pvit.checkpoints import load_export
+
+        (tmp / "stage1").mkdir()
+        (tmp / "stage1" / "weights.safetensors").write_bytes(b"not a safetensors file")
+        load_export(None, tmp / "stage1" / "weights.safetensors")
+
+    def missing_weights():
+        from pvit.run import run_recipe
+
+        ckpt = "model.region_encoder.options.checkpoint=/models/regionclip_pretrained-cc_rn50x4.pth"
+        run_recipe(pvit.load_recipe(tiny, [ckpt]), log=lambda _msg: None)
+
+    cases = {
+        "RecipeError": lambda: pvit.load_recipe(
+            tiny, ["stages.0.optim.max_steps=ten", "model.regoin_encoder.name=vit-roi", "engine.log_evry=5"]),
+        "PluginError": misspelt_plugin,
+        "UnknownComponentError": lambda: pvit.build("region_encoder", "regionclp"),
+        "ComponentOptionError": lambda: pvit.build("region_encoder", "regionclip", min_sise=224),
+        "InvalidRegionError": lambda: regions.find_mentions(
+            "What is in <Region><L810><L469><L204><L960></Region>?", where="data/stage2/5_multi_objects.json sample 17"),
+        "DataError": lambda: pvit.build("dataset", "coco-regions", annotations="coco/annotations/instances_val2017.json",
+                                        image_folder="coco/val2017", root=str(tmp)),
+        "SpliceError": splice,
+        "RunDirError": run_dir,
+        "CheckpointError": checkpoint,
+        "MissingWeightsError": missing_weights,
+    }
+    from pvit.errors import PvitError
+
+    out = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, fn in cases.items():
+                try:
+                    fn()
+                except PvitError as e:
+                    text = f"{type(e).__name__}: {e}"
+                    out[name] = text.replace(str(tmp) + "/", "").replace(str(ROOT) + "/", "")
+                    if type(e).__name__ != name:
+                        log.warning(f"pvit_docs: the {name} example raised {type(e).__name__} instead: {e}")
+                else:
+                    log.warning(f"pvit_docs: the {name} example raised nothing; update _raise_each in {__file__}")
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def error_example(name: str) -> str:
+    if "errors" not in _cache_obj:
+        _cache_obj["errors"] = _raise_each()
+    text = _cache_obj["errors"].get(name)
+    if text is None:
+        log.warning(f"pvit_docs: no example for error {name}; known: {', '.join(_cache_obj['errors'])}")
+        return ""
+    return "```text\n" + text + "\n```"
+
+
+def _check_errors_page(markdown: str) -> None:
+    """Every exception class of pvit/errors.py has a section on the errors page."""
+    import pvit.errors
+
+    for name, obj in vars(pvit.errors).items():
+        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == "pvit.errors":
+            if f"## {name}" not in markdown:
+                log.warning(f"pvit_docs: error class {name} has no '## {name}' section in errors.md")
 
 
 # ------------------------------------------------------------------------------------------- MkDocs hooks
@@ -316,6 +430,7 @@ GENERATORS = {
     "recipes": recipes_list,
 }
 _cache: dict[str, str] = {}
+_cache_obj: dict[str, Any] = {}
 
 
 def on_config(config):
@@ -323,6 +438,11 @@ def on_config(config):
         if p not in sys.path:
             sys.path.insert(0, p)
     _cache.clear()
+    _cache_obj.clear()
+    # snippet paths are relative to the working directory; anchor them to the repository instead
+    snippets = config["mdx_configs"].get("pymdownx.snippets")
+    if snippets is not None:
+        snippets["base_path"] = [str(ROOT / p) for p in snippets.get("base_path", ["."])]
     return config
 
 
@@ -339,9 +459,17 @@ def _check_hooks_page(markdown: str) -> None:
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "hooks.md":
         _check_hooks_page(markdown)
+    if page.file.src_uri == "errors.md":
+        _check_errors_page(markdown)
 
     def replace(m: re.Match) -> str:
-        key = m.group(1)
+        key, arg = m.group(1), m.group(2)
+        if key == "error" and arg:
+            try:
+                return error_example(arg)
+            except Exception as e:
+                log.warning(f"pvit_docs: the error examples could not be produced: {type(e).__name__}: {e}")
+                return ""
         gen = GENERATORS.get(key)
         if gen is None:
             log.warning(f"pvit_docs: {page.file.src_uri}: unknown marker pvit:{key}; known: {', '.join(GENERATORS)}")

@@ -65,3 +65,41 @@ def mlp2x_gelu(in_dim: int, out_dim: int, input_norm: str = "none", hidden_dim: 
     check_dims("mlp2x-gelu", in_dim, hidden)
     body = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
     return Projector("mlp2x-gelu", in_dim, out_dim, body, input_norm)
+
+
+def load_projector_weights(projector: Projector, checkpoint: str, prefix: str = "") -> None:
+    """Load a LLaVA-style projector file (``mm_projector.bin`` / ``.safetensors``) into ``projector.body``.
+
+    Keys are taken under ``prefix`` (LLaVA: ``model.mm_projector.``), e.g. ``weight``/``bias`` for ``linear`` and
+    ``0.weight``/``2.weight`` for ``mlp2x-gelu``. Read with ``weights_only=True`` or safetensors: nothing executes.
+    """
+    import os
+
+    from pvit.errors import CheckpointError, MissingWeightsError
+    from pvit.runtime import is_planning
+
+    if is_planning():
+        return
+    if not os.path.isfile(checkpoint):
+        raise MissingWeightsError(f"{projector.name} projector: checkpoint {checkpoint} does not exist")
+    try:
+        if checkpoint.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(checkpoint)
+        else:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{projector.name} projector: cannot read {checkpoint} safely ({type(e).__name__}: {e})") from None
+    body = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = projector.body.state_dict()
+    if set(body) != set(own):
+        raise CheckpointError(
+            f"{projector.name} projector: {checkpoint} under prefix {prefix!r} has keys {sorted(body)[:6]}, "
+            f"expected {sorted(own)}"
+        )
+    bad = [k for k in own if own[k].shape != body[k].shape]
+    if bad:
+        raise CheckpointError(f"{projector.name} projector: {checkpoint}: shape mismatch for {bad} "
+                              f"({[tuple(body[k].shape) for k in bad]} vs {[tuple(own[k].shape) for k in bad]})")
+    projector.body.load_state_dict(body)

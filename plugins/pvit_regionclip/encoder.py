@@ -88,17 +88,21 @@ class RegionCLIPEncoder(nn.Module):
         v = self.visual
         return v.layer3(v.layer2(v.layer1(v.stem(pixels))))
 
-    def pool(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        """res4 (B, C, h, w) and rois (R, 5) = (batch_idx, x1, y1, x2, y2) in input pixels -> (R, out_dim).
+    def roi_features(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """res4 (B, C, h, w), rois (R, 5) = (batch_idx, x1, y1, x2, y2) in input pixels -> (R, C, S, S).
 
-        One RoIAlign (aligned=True, sampling_ratio=0, scale 1/16) in fp32 for all boxes, then one layer4 +
-        attnpool pass over all RoIs (the attnpool evaluated for its mean-token query only, same output).
+        One RoIAlign for all boxes, as RegionCLIP's ROIAlignV2: aligned=True, sampling_ratio=0, scale 1/16,
+        computed in fp32 (autocast off) and returned in res4's dtype.
         """
         with torch.autocast(res4.device.type, enabled=False):
             pooled = roi_align(
                 res4.float(), rois.float(), (self.roi_size, self.roi_size), 1.0 / RES4_STRIDE, 0, True
             )  # (R, C, S, S)
-        x = self.visual.layer4(pooled.to(res4.dtype))  # (R, 2C, S/2, S/2)
+        return pooled.to(res4.dtype)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(R, C, S, S) -> (R, out_dim): layer4 then the attnpool, one pass over all RoIs."""
+        x = self.visual.layer4(pooled)  # (R, 2C, S/2, S/2)
         return mean_query_attnpool(self.visual.attnpool, x)  # (R, out_dim), = visual.attnpool(x)
 
     def _rois(self, inputs: RegionInputs, boxes: list, keep: list[int], device: torch.device) -> torch.Tensor:
@@ -139,5 +143,5 @@ class RegionCLIPEncoder(nn.Module):
             rois = self._rois(inputs, boxes, keep, param.device)  # (R, 5)
             pixels = inputs.pixels if len(keep) == n_img else inputs.pixels[keep]  # (B', 3, H, W)
             pixels = pixels.to(device=param.device, dtype=param.dtype)
-            feats = self.pool(self.res4(pixels), rois)  # (R, D)
+            feats = self.head(self.roi_features(self.res4(pixels), rois))  # (R, D)
         return feats.to(param.dtype).unsqueeze(1)  # (R, 1, D), in the weights' dtype even under autocast

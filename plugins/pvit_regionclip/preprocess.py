@@ -18,6 +18,7 @@ def resize_shape(h: int, w: int, min_size: int = 800, max_size: int = 1333) -> t
 
     The short side goes to ``min_size`` unless the long side would then exceed ``max_size``, in which case the
     long side goes to ``max_size``; both are rounded with ``int(x + 0.5)`` (e.g. 480x640 -> 800x1067).
+    A side is kept >= 1 (beyond 2666:1 detectron2 would round it to 0 and fail).
     """
     scale = min_size / min(h, w)
     if h < w:
@@ -27,7 +28,7 @@ def resize_shape(h: int, w: int, min_size: int = 800, max_size: int = 1333) -> t
     if max(new_h, new_w) > max_size:
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def prepare_image(image: Image.Image, min_size: int = 800, max_size: int = 1333) -> torch.Tensor:

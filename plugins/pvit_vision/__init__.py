@@ -19,9 +19,10 @@ def make_hf_clip(
 
     Options:
         path: local directory or hub id of a CLIP (or CLIP vision) checkpoint; hub ids resolve only from the
-            local cache when ``HF_HUB_OFFLINE=1``. Exactly one of ``path`` / ``config``.
+            local cache when ``HF_HUB_OFFLINE=1``.
         config: ``CLIPVisionConfig`` fields for a random-init model, e.g. ``{image_size: 64, patch_size: 8,
-            hidden_size: 64, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 2}``.
+            hidden_size: 64, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 2}``. With
+            ``path`` it only describes the architecture, for ``--dry-run`` plans made without the weights.
         select_layer: hidden-state index returned by ``forward`` (HF semantics; -2 = LLaVA's penultimate block).
         frozen: no grads, always eval mode, forward under ``torch.no_grad()`` (PVIT freezes the ViT).
         dtype: float32 | bfloat16 | float16.

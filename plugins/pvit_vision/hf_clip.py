@@ -66,11 +66,10 @@ class HFCLIPEncoder(ViTImageEncoder):
     ) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
-        if (path is None) == (config is None):
+        if path is None and config is None:
             raise ComponentOptionError(
-                f"{NAME}: give exactly one of 'path' (local dir or hub id, e.g. openai/clip-vit-large-patch14) "
+                f"{NAME}: give 'path' (local dir or hub id, e.g. openai/clip-vit-large-patch14) "
                 "or 'config' (CLIPVisionConfig fields for a random-init model)"
-                + (f"; got both path={path!r} and config" if path is not None else "")
             )
         torch_dtype = parse_dtype(dtype, NAME)
         own_mean, own_std = CLIP_MEAN, CLIP_STD
@@ -83,7 +82,9 @@ class HFCLIPEncoder(ViTImageEncoder):
                 try:
                     cfg = CLIPVisionConfig.from_pretrained(path, local_files_only=True)
                 except OSError as e:
-                    raise MissingWeightsError(f"{NAME}: cannot read the config of {path!r} offline: {e}") from None
+                    if config is None:
+                        raise MissingWeightsError(f"{NAME}: cannot read the config of {path!r} offline: {e}") from None
+                    cfg = _vision_config(config)  # the architecture, for a plan made without the weights
                 model = CLIPVisionModel(cfg).to(torch_dtype)
             else:
                 if not local and offline():
