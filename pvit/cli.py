@@ -82,6 +82,19 @@ def _print_results(summary: dict) -> None:
     Console().print(t)
 
 
+def _check_components(loaded) -> None:
+    """Every component the recipe names exists and takes its options; errors name the recipe file."""
+    from pvit.errors import RecipeError
+    from pvit.run import check_components
+
+    try:
+        check_components(loaded.cfg)
+    except RecipeError as e:
+        if e.source is not None:
+            raise
+        raise RecipeError(e.errors, source=str(loaded.path)) from None
+
+
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/pvit_tiny.yaml."),
@@ -95,10 +108,10 @@ def run(
         from pvit.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides or [])
+        _check_components(loaded)
         if dry_run:
-            from pvit.run import check_components, make_plan, missing_files
+            from pvit.run import make_plan, missing_files
 
-            check_components(loaded.cfg)
             typer.echo(loaded.to_yaml())
             plan = make_plan(loaded.cfg)
             _print_plan(plan)

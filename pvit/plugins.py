@@ -368,13 +368,13 @@ def get_component(kind: str, name: str, where: str | None = None) -> Component:
     reg = registry()[kind]
     if name in reg:
         return reg[name]
-    where_s = f" (at {where})" if where else ""
+    where_s = f" at {where}" if where else ""
     clash = _state.conflicts.get(kind, {}).get(name)
     if clash:
-        raise PluginError(f"{_conflict_message(kind, name, clash)}{where_s}")
+        raise PluginError(f"{_conflict_message(kind, name, clash)} (asked for{where_s or ' by name'})")
     installed = ", ".join(sorted(reg)) or "none"
     guess = difflib.get_close_matches(name, list(reg), n=1)
-    hint = f"; did you mean {guess[0]!r}?" if guess else ""
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
     notes = ""
     failed = [i for i in _state.infos.values() if i.status == "failed"]
     if failed:
@@ -384,7 +384,7 @@ def get_component(kind: str, name: str, where: str | None = None) -> Component:
     skipped = [i.name for i in _state.infos.values() if i.status == "skipped"]
     if skipped:
         notes += f"; plugins not loaded because of PVIT_LOAD_PLUGINS: {', '.join(sorted(skipped))}"
-    raise UnknownComponentError(f"unknown {kind} {name!r}{where_s}{hint}; installed: {installed}{notes}")
+    raise UnknownComponentError(f"unknown {kind} {name!r}{where_s}{hint}; installed {kind}s: {installed}{notes}")
 
 
 def accepted_options(factory: Callable[..., Any]) -> tuple[list[str], list[str], bool]:

@@ -84,6 +84,28 @@ FIELD_DOCS = {
 SCHEMA_ORDER = ("Recipe", "Model", "Component", "Stage", "Optim", "Engine")
 
 
+_CODE_RE = re.compile(r"(`+)(.+?)\1", re.S)
+
+
+def md_cell(text: str) -> str:
+    """Text for one table cell: one line, ``|`` escaped, ``<`` and ``>`` escaped outside code spans."""
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    out, last = [], 0
+    for m in _CODE_RE.finditer(text):
+        out.append(text[last:m.start()].replace("<", "&lt;").replace(">", "&gt;"))
+        out.append(m.group(0))
+        last = m.end()
+    out.append(text[last:].replace("<", "&lt;").replace(">", "&gt;"))
+    return "".join(out).replace("|", "\\|")
+
+
+def code(text: str) -> str:
+    """``text`` as an inline code span, whatever backticks it holds."""
+    text = str(text)
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
 def _type_name(tp: Any) -> str:
     """A recipe field's type as the docs show it: ``float or null``, ``list[str]``, ``[Model](#model)``."""
     if tp is Any:
@@ -159,7 +181,7 @@ def recipe_schema() -> str:
 def _cli_command(cmd, ctx, path: list[str], out: list[str]) -> None:
     usage = cmd.get_usage(ctx).strip()
     help_text = inspect.cleandoc(cmd.help or "")
-    out += [f"### `{' '.join(path)}`", "", help_text, "", "```text", usage, "```", ""]
+    out += [f"### `{' '.join(path)}`", "", md_cell(help_text) if help_text else "", "", "```text", usage, "```", ""]
     rows = []
     for p in cmd.params:
         if getattr(p, "hidden", False):
@@ -169,9 +191,9 @@ def _cli_command(cmd, ctx, path: list[str], out: list[str]) -> None:
             continue
         name, text = record
         kind = "argument" if getattr(p, "param_type_name", "") == "argument" else "option"
-        text = re.sub(r"\s+", " ", text).strip().replace("|", "\\|")
+        text = md_cell(text)
         text = re.sub(r"\s*\[(required|default: [^\]]*)\]", lambda m: f" *({m.group(1)})*", text)
-        rows.append(f"| `{name}` | {kind} | {text} |")
+        rows.append(f"| {code(name)} | {kind} | {text} |")
     if rows:
         out += ["| name | kind | description |", "|---|---|---|", *rows, ""]
     for name, sub in sorted(getattr(cmd, "commands", {}).items(), key=lambda kv: list(cmd.commands).index(kv[0])):
@@ -218,7 +240,7 @@ def _options(factory, kind: str) -> str:
             parts.append(f"{p.name} (required)")
         else:
             parts.append(f"{p.name}={p.default!r}")
-    return "<br>".join(f"`{x}`" for x in parts) or "none"
+    return "<br>".join(code(x) for x in parts) or "none"
 
 
 def components_table() -> str:
@@ -230,7 +252,7 @@ def components_table() -> str:
         for name, comp in sorted(registry()[kind].items()):
             if comp.plugin not in builtin:
                 continue
-            doc = (inspect.getdoc(comp.factory) or "").split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+            doc = md_cell((inspect.getdoc(comp.factory) or "").split("\n\n")[0])
             out.append(f"| `{kind}` | `{name}` | `{comp.plugin}` | {_options(comp.factory, kind)} | {doc} |")
     return "\n".join(out)
 
@@ -244,13 +266,13 @@ def _prompts(dataset: str) -> str:
         return f"from dataset `{dataset}` (not installed)"
     param = inspect.signature(factory).parameters.get("prompt")
     if param is not None and param.default is not param.empty:
-        return f"`{param.default!r}`"
+        return code(repr(param.default))
     if dataset == "synth-regions":
         try:
             from pvit_synth.tasks import REGION_TASKS, TEMPLATES
 
             keys = [k for k in TEMPLATES if k.split("/")[0] in REGION_TASKS]
-            return "<br>".join(f"{k}: `{TEMPLATES[k]}`" for k in keys)
+            return "<br>".join(f"{k}: {code(TEMPLATES[k])}" for k in keys)
         except ImportError as e:
             log.warning(f"pvit_docs: cannot read the synth-regions templates: {e}")
     if dataset == "fine-eval":
@@ -270,9 +292,10 @@ def evaluators_table() -> str:
             continue
         ev = pvit.build("evaluator", name)
         proto = ev.protocol() if hasattr(ev, "protocol") else {}
-        fmt = str(proto.get("coordinate_format", "")).replace("|", "\\|")
-        out.append(f"| `{name}` | `{ev.data['name']}` | {_prompts(ev.data['name'])} | {fmt} | "
-                   f"{getattr(ev, 'matcher', proto.get('matcher', ''))} | {ev.max_new_tokens} |")
+        fmt = code(proto.get("coordinate_format", "")) if proto.get("coordinate_format") else ""
+        matcher = md_cell(getattr(ev, "matcher", proto.get("matcher", "")))
+        out.append(f"| `{name}` | `{ev.data['name']}` | {_prompts(ev.data['name'])} | {fmt} | {matcher} | "
+                   f"{ev.max_new_tokens} |")
     return "\n".join(out)
 
 
@@ -306,7 +329,7 @@ def recipes_list() -> str:
         base = data.get("base")
         base = ", ".join(f"`{b}`" for b in ([base] if isinstance(base, str) else base or [])) or "none"
         about = _leading_comment(text) or str(data.get("description") or "").strip()
-        about = re.sub(r"\s+", " ", about).replace("|", "\\|")
+        about = md_cell(about)
         out.append(f"| `{path.relative_to(ROOT)}` | `{data.get('name', '')}` | {base} | {about} |")
     return "\n".join(out)
 

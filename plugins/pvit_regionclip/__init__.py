@@ -51,8 +51,10 @@ def regionclip(
         )
     from pvit_regionclip.encoder import RegionCLIPEncoder, build_visual
 
+    from pvit.runtime import is_planning
+
     visual = build_visual(cfg, seed=seed)
-    if checkpoint is not None:
+    if checkpoint is not None and not is_planning():  # a plan (--dry-run) reads no weights
         from pvit_regionclip.checkpoint import load_visual_weights
 
         load_visual_weights(visual, checkpoint, trust_checkpoint=trust_checkpoint, model_name=cfg.name)
