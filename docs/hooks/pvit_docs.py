@@ -99,6 +99,11 @@ def md_cell(text: str) -> str:
     return "".join(out).replace("|", "\\|")
 
 
+def ref_table(lines: list[str]) -> list[str]:
+    """Wrap a Markdown table in ``<div class="pvit-ref">`` (styled in docs/assets/extra.css)."""
+    return ['<div class="pvit-ref" markdown>', "", *lines, "", "</div>", ""]
+
+
 def code(text: str) -> str:
     """``text`` as an inline code span, whatever backticks it holds."""
     text = str(text)
@@ -161,8 +166,8 @@ def recipe_schema() -> str:
             continue
         hints = get_type_hints(cls)
         doc = inspect.getdoc(cls) or ""
-        out += [f"### {cls_name}", "", doc.splitlines()[0] if doc else "", "",
-                "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [f"### {cls_name}", "", doc.splitlines()[0] if doc else "", ""]
+        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             key = f"{cls_name}.{f.name}"
             seen.add(key)
@@ -170,8 +175,8 @@ def recipe_schema() -> str:
             if text is None:
                 log.warning(f"pvit_docs: recipe field {key} has no description; add it to FIELD_DOCS in {__file__}")
                 text = ""
-            out.append(f"| `{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {text} |")
-        out.append("")
+            rows.append(f"| `{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {text} |")
+        out += ref_table(rows)
     for stale in sorted(set(FIELD_DOCS) - seen):
         log.warning(f"pvit_docs: FIELD_DOCS describes {stale}, which pvit/recipe.py no longer has")
     return "\n".join(out)
@@ -195,7 +200,7 @@ def _cli_command(cmd, ctx, path: list[str], out: list[str]) -> None:
         text = re.sub(r"\s*\[(required|default: [^\]]*)\]", lambda m: f" *({m.group(1)})*", text)
         rows.append(f"| {code(name)} | {kind} | {text} |")
     if rows:
-        out += ["| name | kind | description |", "|---|---|---|", *rows, ""]
+        out += ref_table(["| name | kind | description |", "|---|---|---|", *rows])
     for name, sub in sorted(getattr(cmd, "commands", {}).items(), key=lambda kv: list(cmd.commands).index(kv[0])):
         if getattr(sub, "hidden", False):
             continue
@@ -243,17 +248,25 @@ def _options(factory, kind: str) -> str:
     return "<br>".join(code(x) for x in parts) or "none"
 
 
+KIND_TITLES = {"image_encoder": "Image encoders", "region_encoder": "Region encoders", "projector": "Projectors",
+               "llm": "Language models", "dataset": "Datasets", "evaluator": "Evaluators"}
+
+
 def components_table() -> str:
     from pvit.plugins import KINDS, registry
 
     builtin = _builtin_plugins()
-    out = ["| kind | name | plugin | options (defaults) | what it is |", "|---|---|---|---|---|"]
+    out = []
     for kind in KINDS:
+        rows = []
         for name, comp in sorted(registry()[kind].items()):
             if comp.plugin not in builtin:
                 continue
             doc = md_cell((inspect.getdoc(comp.factory) or "").split("\n\n")[0])
-            out.append(f"| `{kind}` | `{name}` | `{comp.plugin}` | {_options(comp.factory, kind)} | {doc} |")
+            rows.append(f"| `{name}` | `{comp.plugin}` | {_options(comp.factory, kind)} | {doc} |")
+        if rows:
+            out += [f"#### {KIND_TITLES.get(kind, kind)} (`{kind}`)", ""]
+            out += ref_table(["| name | plugin | options (defaults) | what it is |", "|---|---|---|---|", *rows])
     return "\n".join(out)
 
 
@@ -286,7 +299,7 @@ def evaluators_table() -> str:
 
     builtin = _builtin_plugins()
     out = ["| evaluator | generates on | prompt (default) | coordinate format | matcher | max new tokens |",
-           "|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|"]  # prompts and formats are long: no pvit-ref nowrap here
     for name, comp in sorted(registry()["evaluator"].items()):
         if comp.plugin not in builtin:
             continue
@@ -331,7 +344,7 @@ def recipes_list() -> str:
         about = _leading_comment(text) or str(data.get("description") or "").strip()
         about = md_cell(about)
         out.append(f"| `{path.relative_to(ROOT)}` | `{data.get('name', '')}` | {base} | {about} |")
-    return "\n".join(out)
+    return "\n".join(ref_table(out))
 
 
 # ------------------------------------------------------------------------------------------- error examples
