@@ -85,9 +85,95 @@ def regionclip_cases() -> list[Case]:
     ]
 
 
-#: encoder name -> its cases. Add other encoders (e.g. "vit-roi": vit_roi_cases) here.
+# ------------------------------------------------------------------------------------------------ vit-roi
+
+TINY_CLIP = {"image_size": 64, "patch_size": 8, "hidden_size": 64, "intermediate_size": 256,
+             "num_hidden_layers": 2, "num_attention_heads": 2}
+PAPER_CLIP = {"image_size": 224, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
+              "num_hidden_layers": 24, "num_attention_heads": 16}
+
+
+def _image_encoder(config):
+    import pvit
+
+    return pvit.build("image_encoder", "hf-clip", config=config, select_layer=-2)
+
+
+def _vit_roi_setup(config, n_images: int, **options) -> Callable[[], tuple]:
+    def setup():
+        import pvit
+        from pvit.interfaces import RegionInputs
+
+        img_enc = _image_encoder(config)
+        enc = pvit.build("region_encoder", "vit-roi", image_encoder=img_enc, **options)
+        pixels = torch.stack([img_enc.transform(random_pil(320, 240, seed=i)) for i in range(n_images)])
+        with torch.inference_mode():
+            _, maps = img_enc.forward_with_maps(pixels, enc.image_layers)
+        inputs = RegionInputs(image_maps=maps, image_size=tuple(img_enc.image_size))
+        return enc, inputs, n_images, f"maps {tuple(maps[0].shape)} x {len(maps)} layer(s)"
+
+    return setup
+
+
+def vit_roi_cases() -> list[Case]:
+    return [
+        Case("vit-roi", "tiny", "light, tiny CLIP ViT (64 px, 8x8 grid, layer -2), 8 images",
+             _vit_roi_setup(TINY_CLIP, 8, variant="light", layers=[-2], output_size=2)),
+        Case("vit-roi", "paper", "light, CLIP ViT-L/14 shapes (random weights, 16x16 grid, layer -2), 2 images",
+             _vit_roi_setup(PAPER_CLIP, 2, variant="light", layers=[-2], output_size=2)),
+    ]
+
+
+def vit_roi_backbone_overhead(config, n_images: int, regions: int, repeats: int) -> float:
+    """time(image encoder pass with maps + vit-roi on ``regions`` boxes per image) / time(image encoder alone)."""
+    import pvit
+
+    img_enc = _image_encoder(config)
+    enc = pvit.build("region_encoder", "vit-roi", image_encoder=img_enc, variant="light", layers=[-2], output_size=2)
+    pixels = torch.stack([img_enc.transform(random_pil(320, 240, seed=i)) for i in range(n_images)])
+    boxes = random_boxes(n_images, regions)
+    from pvit.interfaces import RegionInputs
+
+    def alone():
+        img_enc(pixels)
+
+    def with_regions():
+        tokens, maps = img_enc.forward_with_maps(pixels, enc.image_layers)
+        enc(RegionInputs(image_maps=maps, image_size=tuple(img_enc.image_size)), boxes)
+
+    best = {alone: [], with_regions: []}
+    with torch.inference_mode():
+        alone(), with_regions()
+        for _ in range(repeats):
+            for f in best:
+                t = time.perf_counter()
+                f()
+                best[f].append(time.perf_counter() - t)
+    return min(best[with_regions]) / min(best[alone])
+
+
+# ------------------------------------------------------------------------------------------------ text-coords
+
+
+def _text_coords_setup() -> Callable[[], tuple]:
+    def setup():
+        import pvit
+        from pvit.interfaces import RegionInputs
+
+        return pvit.build("region_encoder", "text-coords"), RegionInputs(), 8, "no features (K = 0): text only"
+
+    return setup
+
+
+def text_coords_cases() -> list[Case]:
+    return [Case("text-coords", "tiny", "coordinates as text, 8 images", _text_coords_setup())]
+
+
+#: encoder name -> its cases.
 CASES: dict[str, Callable[[], list[Case]]] = {
     "regionclip": regionclip_cases,
+    "vit-roi": vit_roi_cases,
+    "text-coords": text_coords_cases,
 }
 
 
@@ -152,6 +238,12 @@ def main(argv=None) -> list[dict]:
         for case in CASES[name]():
             if case.scale in scales:
                 results.append(run_case(case, args.repeats, args.device))
+    if "vit-roi" in args.encoders.split(",") and args.device == "cpu":
+        for scale, cfg, n in (("tiny", TINY_CLIP, 8), ("paper", PAPER_CLIP, 2)):
+            if scale in scales:
+                r = vit_roi_backbone_overhead(cfg, n, 8, args.repeats)
+                print(f"\nvit-roi [{scale}]: (image encoder + vit-roi at 8 regions/img) / (image encoder alone) = "
+                      f"{r:.3f}x (target <= 1.1x: no second backbone pass)")
     return results
 
 

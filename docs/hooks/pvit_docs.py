@@ -444,7 +444,7 @@ def error_example(name: str) -> str:
     if text is None:
         log.warning(f"pvit_docs: no example for error {name}; known: {', '.join(_cache_obj['errors'])}")
         return ""
-    return "```text\n" + text + "\n```"
+    return "\n".join(['<div class="pvit-error" markdown>', "", "```text", text, "```", "", "</div>"])
 
 
 def _check_errors_page(markdown: str) -> None:
