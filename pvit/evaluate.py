@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -13,6 +13,13 @@ from pvit.checkpoints import atomic_write_text
 from pvit.data.collate import Collator
 from pvit.model import PVITModel, _plain, batch_to
 from pvit.plugins import build
+
+#: Decoding options an evaluator may carry (as attributes, or in a ``generation`` dict attribute), with the
+#: values used when it does not: greedy decoding, 16 prompts per batch.
+GENERATION_DEFAULTS: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": None,
+                                       "batch_size": 16}
+#: Box used to show, in each protocol, how the model's region encoder renders a region mention.
+EXAMPLE_BOX = (0.1, 0.2, 0.5, 0.6)
 
 
 def make_collator(model: PVITModel, template, max_length: int, region_policy: str, generate: bool) -> Collator:
@@ -29,31 +36,159 @@ def make_collator(model: PVITModel, template, max_length: int, region_policy: st
     )
 
 
-def generate_records(model: PVITModel, dataset, collator: Collator, *, batch_size: int = 16,
-                     max_new_tokens: int = 32, precision: str = "fp32") -> list[dict]:
-    """Greedy generation for every sample of ``dataset``: records with id, prompt, prediction, answer, meta."""
+def generation_options(evaluator) -> dict[str, Any]:
+    """The decoding options of ``evaluator``: ``do_sample``, ``temperature``, ``top_p``, ``seed``, ``batch_size``.
+
+    Each is read from the evaluator's ``generation`` dict when it has one, else from an attribute of that
+    name (so an evaluator factory that takes these options and stores them makes them recipe options), else
+    [GENERATION_DEFAULTS][pvit.evaluate.GENERATION_DEFAULTS].
+    """
+    given = dict(getattr(evaluator, "generation", None) or {})
+    unknown = sorted(set(given) - set(GENERATION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"evaluator {getattr(evaluator, 'name', '?')!r}: unknown generation options {unknown}; "
+                         f"known: {', '.join(GENERATION_DEFAULTS)}")
+    out = {}
+    for k, default in GENERATION_DEFAULTS.items():
+        v = given.get(k, getattr(evaluator, k, default))
+        out[k] = default if v is None and default is not None else v
+    if int(out["batch_size"]) < 1:
+        raise ValueError(f"evaluator {getattr(evaluator, 'name', '?')!r}: batch_size must be >= 1")
+    return out
+
+
+def _answer(sample: dict) -> str | None:
+    conv = sample.get("conversations") or []
+    if conv and conv[-1].get("from") in ("gpt", "assistant"):
+        return str(conv[-1].get("value", "")).strip()
+    return None
+
+
+def _prompt(sample: dict) -> str | None:
+    users = [t for t in sample.get("conversations") or [] if t.get("from") in ("human", "user")]
+    return str(users[-1].get("value", "")) if users else None
+
+
+def generate_records(
+    model: PVITModel,
+    dataset,
+    collator: Collator,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[dict]:
+    """Generate a reply for every sample of ``dataset``, ``batch_size`` prompts at a time (left padded, KV cache).
+
+    Returns one record per sample, in dataset order: ``id``, ``prompt`` (the last human turn as the dataset
+    wrote it), ``prediction``, ``answer`` (the held-out last gpt turn, or None) and ``meta``. A prompt longer
+    than the collator's ``max_length`` is not generated for: its record has ``prediction`` ``""`` and
+    ``skipped`` saying why, so it counts as a wrong answer rather than vanishing from the denominator.
+    """
+    if not collator.generate:
+        raise ValueError("generate_records needs a collator built with generate=True (left padding, prompts only)")
     model.eval()
     device = next(model.llm.parameters()).device
-    records = []
+    records: list[dict] = []
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        encoded = [e for e in (collator.encode(s) for s in samples) if e is not None]
-        if not encoded:
-            continue
-        batch = batch_to(collator.pad(encoded), device)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(
-            device.type, enabled=False)
-        with ctx:
-            preds = model.generate(batch, max_new_tokens=max_new_tokens)
-        for e, p in zip(encoded, preds):
-            records.append({"id": e["id"], "prediction": p, "answer": e["answer"], "meta": e["meta"]})
+        encoded = [collator.encode(s) for s in samples]
+        live = [e for e in encoded if e is not None]
+        preds: list[str] = []
+        if live:
+            batch = batch_to(collator.pad(live), device)
+            ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                   else torch.autocast(device.type, enabled=False))
+            with ctx:
+                preds = model.generate(batch, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                       top_p=top_p, stop_token_ids=collator.stop_token_ids,
+                                       seed=None if seed is None else int(seed) + start)
+        it = iter(preds)
+        for s, e in zip(samples, encoded):
+            if e is None:
+                records.append({"id": str(s.get("id", "?")), "prompt": _prompt(s), "prediction": "",
+                                "answer": _answer(s), "meta": s.get("meta", {}),
+                                "skipped": f"prompt longer than max_length={collator.max_length} tokens"})
+            else:
+                records.append({"id": e["id"], "prompt": e["prompt"], "prediction": next(it), "answer": e["answer"],
+                                "meta": e["meta"]})
     return records
 
 
+def _protocol(scored: dict, model: PVITModel, template, collator: Collator, gen: dict, max_new_tokens: int) -> dict:
+    """The evaluator's protocol with what the core knows filled in: template, region rendering, decoding."""
+    protocol = dict(scored.get("protocol") or {})
+    filled = {
+        "template": template.name,
+        "coordinate_format": "not stated by the evaluator",
+        "matcher": "not stated by the evaluator",
+    }
+    for k, v in filled.items():
+        if protocol.get(k) is None:
+            protocol[k] = v
+    enc = model.region_encoder
+    protocol.setdefault("region_encoder", type(enc).__name__ if enc is not None else None)
+    protocol.setdefault("region_text", enc.region_text(EXAMPLE_BOX) if enc is not None else None)
+    protocol.setdefault("max_new_tokens", max_new_tokens)
+    protocol.setdefault("max_length", collator.max_length)
+    protocol["decoding"] = {k: gen[k] for k in ("do_sample", "temperature", "top_p", "seed")} if gen["do_sample"] \
+        else {"do_sample": False}
+    return protocol
+
+
+def evaluate_one(model: PVITModel, evaluator, dataset, collator: Collator, template, *, out_dir: Path, key: str,
+                 precision: str = "fp32") -> dict[str, Any]:
+    """Generate, score and write the files of one evaluator; returns its result (metrics, protocol, files)."""
+    gen = generation_options(evaluator)
+    t0 = time.time()
+    records = generate_records(model, dataset, collator, max_new_tokens=evaluator.max_new_tokens,
+                               batch_size=int(gen["batch_size"]), precision=precision, do_sample=bool(gen["do_sample"]),
+                               temperature=float(gen["temperature"]), top_p=float(gen["top_p"]), seed=gen["seed"])
+    scored = evaluator.score(records)
+    protocol = _protocol(scored, model, template, collator, gen, evaluator.max_new_tokens)
+    files = []
+    writer, output_file = getattr(evaluator, "write", None), protocol.get("output_file")
+    if callable(writer) and output_file:  # the evaluator's own format (fine-eval: {image, instruction, output})
+        writer(scored.get("records", records), out_dir / str(output_file))
+        files.append(str(output_file))
+        per_sample = records  # the raw generations beside it, with ids and prompts
+    else:
+        per_sample = scored.get("records", records)
+    lines = "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in per_sample)
+    atomic_write_text(out_dir / f"{key}.jsonl", lines + ("\n" if lines else ""))
+    files.insert(0, f"{key}.jsonl")
+    skipped = sum(1 for r in records if r.get("skipped"))
+    return {"metrics": scored.get("metrics", {}), "protocol": protocol, "n": len(records), "skipped": skipped,
+            "files": files, "seconds": round(time.time() - t0, 2)}
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """A short markdown table: one row per (evaluator, metric), with the template / matcher line per evaluator."""
+    lines = ["| evaluator | metric | value |", "|---|---|---:|"]
+    notes = []
+    for key, res in results.items():
+        for k, v in res.get("metrics", {}).items():
+            lines.append(f"| {key} | {k} | {v:.4f} |" if isinstance(v, float) else f"| {key} | {k} | {v} |")
+        p = res.get("protocol", {})
+        notes.append(f"- {key}: {res.get('n', 0)} samples ({res.get('skipped', 0)} skipped); template "
+                     f"`{p.get('template')}`; matcher: {p.get('matcher')}; coordinates: {p.get('coordinate_format')}")
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
 def run_evaluations(model: PVITModel, eval_cfgs: list, template, *, max_length: int, region_policy: str,
-                    out_dir: Path, precision: str = "fp32", log=print) -> dict[str, Any]:
-    """Run every evaluator of a recipe's ``eval:`` list; writes ``<name>.jsonl`` per evaluator and returns
-    ``{evaluator name: result}`` (metrics, protocol, counts, seconds)."""
+                    out_dir: Path, precision: str = "fp32", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every evaluator of a recipe's ``eval:`` list.
+
+    Writes, in ``out_dir``: ``<name>.jsonl`` per evaluator (per-sample records), the evaluator's own output
+    file when it names one (``protocol["output_file"]``, written with its ``write``), and ``metrics.md`` (a
+    short markdown table). Returns ``{evaluator name: {"metrics", "protocol", "n", "skipped", "files",
+    "seconds"}}``; each protocol records the template, coordinate format, matcher and decoding used.
+    """
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     collator = make_collator(model, template, max_length, region_policy, generate=True)
@@ -62,19 +197,10 @@ def run_evaluations(model: PVITModel, eval_cfgs: list, template, *, max_length: 
         evaluator = build("evaluator", ev_cfg.name, where=f"eval[{i}]", **options)
         data = dict(evaluator.data)
         dataset = build("dataset", data["name"], where=f"eval[{i}].data", **dict(data.get("options") or {}))
-        t0 = time.time()
-        records = generate_records(model, dataset, collator, max_new_tokens=evaluator.max_new_tokens,
-                                   precision=precision)
-        scored = evaluator.score(records)
-        protocol = dict(scored.get("protocol") or {})
-        protocol.setdefault("template", template.name)
-        if model.region_encoder is not None:
-            protocol.setdefault("region_encoder", type(model.region_encoder).__name__)
         key = ev_cfg.name if ev_cfg.name not in results else f"{ev_cfg.name}-{i}"
-        results[key] = {"metrics": scored.get("metrics", {}), "protocol": protocol, "n": len(records),
-                        "seconds": round(time.time() - t0, 2)}
-        lines = "\n".join(json.dumps(r, default=str) for r in scored.get("records", records))
-        atomic_write_text(out_dir / f"{key}.jsonl", lines + ("\n" if lines else ""))
+        results[key] = evaluate_one(model, evaluator, dataset, collator, template, out_dir=out_dir, key=key,
+                                    precision=precision)
         log(f"  eval {key}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in results[key]["metrics"].items()))
+    atomic_write_text(out_dir / "metrics.md", metrics_table(results))
     return results

@@ -158,21 +158,63 @@ class PVITModel(nn.Module):
         return self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch.get("labels"))
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 32, do_sample: bool = False, **kwargs) -> list[str]:
-        """Generate continuations for a left-padded prompt batch (KV cache on); returns decoded texts."""
-        embeds = self.embed_inputs(batch)
+    def generate(
+        self,
+        batch: dict,
+        max_new_tokens: int,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_token_ids: list[int] | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Continue every prompt of a left-padded batch with the KV cache; returns one decoded reply per row.
+
+        Args:
+            batch: a [Collator][pvit.data.collate.Collator] batch built with ``generate=True``: ``input_ids``
+                and ``attention_mask`` (B, T), left padded, plus pixels / boxes as in ``forward``.
+            max_new_tokens: the budget per reply (the evaluator's); rows that end earlier are padded.
+            do_sample: sample instead of greedy decoding.
+            temperature, top_p: sampling temperature and nucleus mass (used only when ``do_sample``).
+            stop_token_ids: token ids that end a reply (default: the tokenizer's EOS); the collator's
+                ``stop_token_ids`` adds the template's end-of-turn token.
+            seed: seeds sampling (the global RNG state is restored afterwards); None uses the global RNG.
+
+        Returns:
+            B strings: the tokens up to the first stop token, decoded without padding, BOS/EOS or placeholder
+            tokens (region and location tokens are kept, so generated boxes can be parsed).
+        """
+        from transformers import GenerationConfig
+
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens!r}")
+        if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+            raise ValueError(f"generate: sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         tok = self.llm.tokenizer
-        out = self.llm.model.generate(
-            inputs_embeds=embeds,
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            use_cache=True,
-            **kwargs,
-        )
-        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        stops = [int(i) for i in (stop_token_ids or [tok.eos_token_id]) if i is not None]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (stops[0] if stops else 0)
+        options = dict(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), num_beams=1, use_cache=True,
+                       pad_token_id=pad, eos_token_id=stops or None, bos_token_id=tok.bos_token_id)
+        if do_sample:
+            options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
+        embeds = self.embed_inputs(batch)  # (B, T, D)
+        devices = [embeds.device.index] if embeds.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            out = self.llm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch["attention_mask"],
+                generation_config=GenerationConfig(**options),
+            )  # (B, new), only the new tokens when generating from embeddings
+        drop = {pad, tok.bos_token_id, tok.eos_token_id, self.image_patch_id, self.region_patch_id} | set(stops)
+        texts = []
+        for row in out.tolist():
+            cut = next((j for j, t in enumerate(row) if t in stops), len(row))
+            keep = [t for t in row[:cut] if t not in drop]
+            texts.append(tok.decode(keep, skip_special_tokens=False).strip())
+        return texts
 
 
 def _plain(options: dict) -> dict:

@@ -266,6 +266,12 @@ def run_recipe(loaded: LoadedRecipe, *, resume: str | None = None, overwrite: bo
             prev = json.loads((stage_dir / "stage.json").read_text()) if (stage_dir / "stage.json").is_file() else {}
             summary["stages"].append(prev)
             continue
+        if plan.stages[i]["trainable_total"] == 0:
+            # e.g. stage 1 of the `none` ablation: no region projector and no new tokens to train
+            log(f"stage {st.name}: nothing to train in this model ({', '.join(st.trainable)} are absent or empty); "
+                "skipped")
+            summary["stages"].append({"name": st.name, "steps": 0, "skipped": True, "losses": []})
+            continue
         dataset = build("dataset", st.data.name, where=f"stages[{i}].data", **_plain(dict(st.data.options or {})))
         collator = make_collator(model, template, cfg.model.max_length, cfg.model.region_policy, generate=False)
         engine_dir = stage_dir / "engine"

@@ -298,17 +298,25 @@ def evaluators_table() -> str:
     from pvit.plugins import registry
 
     builtin = _builtin_plugins()
-    out = ["| evaluator | generates on | prompt (default) | coordinate format | matcher | max new tokens |",
-           "|---|---|---|---|---|---|"]  # prompts and formats are long: no pvit-ref nowrap here
+    rows = []
     for name, comp in sorted(registry()["evaluator"].items()):
         if comp.plugin not in builtin:
             continue
         ev = pvit.build("evaluator", name)
         proto = ev.protocol() if hasattr(ev, "protocol") else {}
-        fmt = code(proto.get("coordinate_format", "")) if proto.get("coordinate_format") else ""
-        matcher = md_cell(getattr(ev, "matcher", proto.get("matcher", "")))
-        out.append(f"| `{name}` | `{ev.data['name']}` | {_prompts(ev.data['name'])} | {fmt} | {matcher} | "
-                   f"{ev.max_new_tokens} |")
+        rows.append((name, ev.data["name"], _prompts(ev.data["name"]), str(proto.get("coordinate_format", "")),
+                     md_cell(getattr(ev, "matcher", proto.get("matcher", ""))), ev.max_new_tokens))
+    formats = {r[3] for r in rows}
+    shared = len(formats) == 1
+    out = []
+    if shared:
+        out += [f"Coordinate format of every built-in evaluator's prompts: {code(formats.pop())}.", ""]
+    head = ["evaluator", "generates on", "prompt (default)"] + ([] if shared else ["coordinate format"])
+    head += ["matcher", "max new tokens"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, data, prompt, fmt, matcher, budget in rows:
+        cells = [f"`{name}`", f"`{data}`", prompt] + ([] if shared else [code(fmt)]) + [matcher, str(budget)]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
