@@ -18,7 +18,8 @@ from pvit.errors import DataError, InvalidRegionError, SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START
 from pvit.regions import format_pvit
 
-WORDS = "what is the color of this red blue green circle square a long story about shapes and more words here".split()
+WORDS = ("what is the color of this red blue green circle square a long story about shapes and more words here "
+         "like or region left yes").split()
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -201,7 +201,7 @@ def _cli_command(cmd, ctx, path: list[str], out: list[str]) -> None:
         rows.append(f"| {code(name)} | {kind} | {text} |")
     if rows:
         out += ref_table(["| name | kind | description |", "|---|---|---|", *rows])
-    for name, sub in sorted(getattr(cmd, "commands", {}).items(), key=lambda kv: list(cmd.commands).index(kv[0])):
+    for name, sub in getattr(cmd, "commands", {}).items():  # sub-groups (pvit data ...), in declaration order
         if getattr(sub, "hidden", False):
             continue
         _cli_command(sub, sub.context_class(sub, info_name=name, parent=ctx), path + [name], out)
