@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RECIPE ?= recipes/pvit_tiny.yaml
 export HF_HUB_OFFLINE ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: run test install docs bench clean
 

@@ -87,6 +87,8 @@ def ablation_table(results: dict[str, list[dict]]) -> str:
     for v, runs in results.items():
         for s in runs:
             for ev, k, x in metrics_rows(s):
+                if not k.startswith("accuracy"):
+                    continue  # counts and chance levels are the same for every variant
                 c = f"{ev}:{k}" if len({e for e, _, _ in metrics_rows(s)}) > 1 else k
                 if c not in cols:
                     cols.append(c)

@@ -187,45 +187,253 @@ def versions() -> dict:
     return out
 
 
-def prepare_run_dir(run_dir: Path, *, resume: str | None, overwrite: bool) -> None:
-    """Refuse to reuse a run directory unless resuming or overwriting; clean stale temp files."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif resume is None:
-            raise RunDirError(
-                f"run directory {run_dir} already exists; pass --resume auto to continue it, --overwrite to "
-                "replace it, or choose another with run_dir=PATH"
-            )
-    elif resume not in (None, "auto"):
-        pass
+def _has_content(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, *, resume: str | None, overwrite: bool) -> None:
+    """Refuse to reuse a run directory unless resuming or overwriting (read-only: every rank runs it)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+    if _has_content(run_dir) and not overwrite and resume is None:
+        raise RunDirError(
+            f"run directory {run_dir} already exists; pass --resume auto to continue it, --overwrite to "
+            "replace it, or choose another with run_dir=PATH"
+        )
+
+
+def prepare_run_dir(run_dir: Path, *, resume: str | None, overwrite: bool, log: Callable[[str], None] = print) -> int:
+    """Check the run directory, then create (or empty, with ``overwrite``) it and delete stale temp files left
+    by an interrupted write; returns how many temp files were removed."""
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if overwrite and _has_content(run_dir):
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in run_dir.rglob("*.tmp-*"):
+    stale = [p for p in run_dir.rglob("*.tmp-*") if p.is_file()]
+    for tmp in stale:
         tmp.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} unfinished temp file(s) of an interrupted write in {run_dir}")
+    return len(stale)
 
 
-def write_provenance(loaded: LoadedRecipe, run_dir: Path) -> None:
-    import yaml
-
+def write_provenance(loaded: LoadedRecipe, run_dir: Path, launch: dict | None = None) -> None:
+    """recipe.yaml (as given), resolved.yaml, overrides.txt, versions.json, plugins.json, launch.json."""
     from pvit.checkpoints import atomic_write_text
     from pvit.plugins import plugin_infos
 
-    atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(loaded.raw, sort_keys=False))
+    atomic_write_text(run_dir / "recipe.yaml", _scrubbed_raw(loaded))
     atomic_write_text(run_dir / "resolved.yaml", dump_yaml(loaded.cfg, resolve=True))
-    atomic_write_text(run_dir / "overrides.txt", "\n".join(loaded.overrides) + "\n")
+    atomic_write_text(run_dir / "overrides.txt", "\n".join(_scrub_list(loaded, loaded.overrides)) + "\n")
     atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=2))
     atomic_write_text(run_dir / "plugins.json", json.dumps([i.as_dict() for i in plugin_infos()], indent=2))
+    if launch is not None:
+        atomic_write_text(run_dir / "launch.json", json.dumps(launch, indent=2))
+
+
+def _scrubbed_raw(loaded: LoadedRecipe) -> str:
+    """The recipe as given (interpolations unresolved), with any secret value that was written literally
+    into an override redacted."""
+    import yaml
+
+    return "\n".join(_scrub_list(loaded, yaml.safe_dump(loaded.raw, sort_keys=False).split("\n")))
+
+
+def _scrub_list(loaded: LoadedRecipe, lines: list[str]) -> list[str]:
+    from pvit.recipe import _scrub, _secret_env_values
+
+    secrets = _secret_env_values(loaded.raw)
+    return [_scrub(x, secrets) for x in lines]
+
+
+# ------------------------------------------------------------------------------------------- resume
+#: What a changed recipe key does when a run resumes (documented in docs and RELIABILITY.md item 6).
+RESUME_RULES = """\
+Resuming with a changed recipe (the resolved recipe saved in the run directory is compared key by key):
+  seed                                  warning; the run's original seed is kept (the checkpoint's RNG state
+                                        and data order depend on it); use --overwrite to start over
+  model.*                               error: the checkpoints and exports belong to the old model
+  stages: names or order changed        error; stages appended after the existing ones are fine
+  stages[i].data, .trainable, .init_from of a stage not yet finished: error (another run; use a new run_dir)
+  stages[i].optim.batch_size, .grad_accum, or the number of processes, for a stage not yet finished:
+                                        warning: the global batch changes, so losses will not equal those of an
+                                        uninterrupted run; training continues from the saved step and data position
+  stages[i].optim.* (other keys) of a stage not yet finished: warning; new values apply from the resumed step,
+                                        except the lr schedule, which continues as saved in the checkpoint
+  any key of a stage already finished:  warning; ignored (the stage is not trained again)
+  engine.strategy                       warning
+  anything else (eval, engine logging, name, paths): noted in resumes.json
+"""
+
+
+@dataclass
+class ResumeCheck:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    keep: dict[str, Any] = field(default_factory=dict)  # key -> the run's value, which takes precedence
+
+    def as_dict(self) -> dict:
+        return {"errors": self.errors, "warnings": self.warnings, "notes": self.notes}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
+        out = {}
+        for i, v in enumerate(node):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: node}
+
+
+def check_resume(old: dict, new: dict, *, finished: set[int], old_world: int, new_world: int) -> ResumeCheck:
+    """Compare the run's resolved recipe ``old`` with the one given now; see ``RESUME_RULES``."""
+    import re
+
+    res = ResumeCheck()
+    old_names = [s.get("name") for s in old.get("stages", [])]
+    new_names = [s.get("name") for s in new.get("stages", [])]
+    common = min(len(old_names), len(new_names))
+    if old_names[:common] != new_names[:common] or len(new_names) < len(old_names):
+        res.errors.append(f"stages: the run has stages {old_names}, the recipe now has {new_names}; only appending "
+                          "stages is allowed when resuming")
+        return res
+    a, b = _flatten(old), _flatten(new)
+    for key in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if va == vb:
+            continue
+        change = f"{key}: {va!r} -> {vb!r}"
+        m = re.match(r"stages\[(\d+)\]\.(\w+)(?:\.(\w+))?", key)
+        if key == "seed":
+            res.keep["seed"] = va
+            res.warnings.append(f"{change}; resuming keeps the run's seed {va!r} (use --overwrite to start over)")
+        elif key.startswith("model."):
+            res.errors.append(f"{change}: the run's checkpoints and exports belong to the old model")
+        elif m:
+            i, part, sub = int(m.group(1)), m.group(2), m.group(3)
+            if i >= len(old_names):
+                res.notes.append(f"{change} (new stage)")
+            elif i in finished:
+                res.warnings.append(f"{change}: stage {old_names[i]!r} already finished; the change is ignored")
+            elif part in ("data", "trainable", "init_from"):
+                res.errors.append(f"{change}: stage {old_names[i]!r} was started with the old value; use a new "
+                                  "run_dir (or --overwrite) to train it with the new one")
+            elif part == "optim" and sub in ("batch_size", "grad_accum"):
+                res.warnings.append(f"{change}: the global batch of stage {old_names[i]!r} changes; its losses will "
+                                    "not equal those of an uninterrupted run")
+            else:
+                res.warnings.append(f"{change}: applies from the resumed step (the lr schedule continues as saved)")
+        elif key == "engine.strategy":
+            res.warnings.append(f"{change}")
+        else:
+            res.notes.append(change)
+    if old_world != new_world:
+        unfinished = [n for i, n in enumerate(old_names) if i not in finished]
+        if unfinished:
+            res.warnings.append(f"processes: {old_world} -> {new_world}: the global batch of stage(s) "
+                                f"{', '.join(unfinished)} changes unless batch_size changed to match")
+        else:
+            res.notes.append(f"processes: {old_world} -> {new_world}")
+    return res
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f"cannot read {path} to check the resumed recipe against the run's ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _stage_dirs(run_dir: Path, cfg) -> list[Path]:
+    return [run_dir / "stages" / f"{i}-{st.name}" for i, st in enumerate(cfg.stages)]
+
+
+def explicit_resume_point(run_dir: Path, cfg, path: str) -> tuple[int, str]:
+    """``--resume PATH``: (stage index, checkpoint) after checking that PATH exists, is readable and belongs
+    to one of this run's stages (resume checkpoints are unpickled, so only our own run directory is trusted)."""
+    from pvit.errors import CheckpointError
+
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"--resume {path}: no such checkpoint ({p.resolve()} does not exist)")
+    dirs = _stage_dirs(run_dir, cfg)
+    for i, d in enumerate(dirs):
+        if p.resolve().parent == (d / "engine").resolve():
+            if not _readable(p):
+                raise CheckpointError(f"--resume {path}: {p} is truncated or not a checkpoint")
+            return i, str(p)
+    raise RunDirError(
+        f"--resume {path}: not a checkpoint of this run's stages (expected {run_dir}/stages/<i>-<name>/engine/"
+        "iter_N.pth); resume checkpoints are unpickled, so only those inside the run directory are trusted"
+    )
+
+
+def resume_point(engine_dir: Path, log: Callable[[str], None]) -> str | None:
+    """``--resume auto`` for one stage: its newest readable engine checkpoint; unreadable ones are skipped
+    with a message naming them; an error if there are checkpoints but none is readable."""
+    from pvit.errors import CheckpointError
+
+    if not engine_dir.is_dir():
+        return None
+    ckpts = sorted((p for p in engine_dir.glob("iter_*.pth") if p.stem.split("_")[1].isdigit()),
+                   key=lambda p: int(p.stem.split("_")[1]), reverse=True)
+    skipped = []
+    for p in ckpts:
+        if _readable(p):
+            if skipped:
+                log(f"resume: skipped unreadable checkpoint(s) {', '.join(map(str, skipped))}; using {p}")
+            return str(p)
+        skipped.append(p)
+    if ckpts:
+        raise CheckpointError(f"--resume auto: no readable checkpoint in {engine_dir} (unreadable: "
+                              f"{', '.join(p.name for p in skipped)})")
+    return None
+
+
+def _readable(p: Path) -> bool:
+    """A torch zip checkpoint whose every member passes its CRC check (nothing is unpickled)."""
+    import zipfile
+
+    if p.is_dir():  # DeepSpeed writes folders
+        return any(p.iterdir())
+    try:
+        with zipfile.ZipFile(p) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------- run
 def run_recipe(loaded: LoadedRecipe, *, resume: str | None = None, overwrite: bool = False,
                log: Callable[[str], None] = print) -> dict:
-    """Run every stage of a recipe, then its evaluations; returns the summary written to ``metrics.json``."""
+    """Run every stage of a recipe, then its evaluations; returns the summary written to ``metrics.json``.
+
+    Under ``torchrun`` every process trains; rank 0 alone writes the run directory, exports and evaluates.
+    ``resume``: ``None`` (a new run), ``"auto"`` (finished stages are loaded from their exports, the first
+    unfinished one continues from its newest readable checkpoint) or a checkpoint path of this run.
+    """
+    from pvit.engine import distributed
+
+    need_group = str(loaded.cfg.engine.strategy) in ("fsdp", "deepspeed")
+    with distributed(force=need_group) as info:
+        return _run(loaded, info, resume=resume, overwrite=overwrite, log=log if info.main else (lambda *_: None))
+
+
+def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log: Callable[[str], None]) -> dict:
     import torch
 
     from pvit.checkpoints import atomic_write_text, export_stage, load_export
     from pvit.data.templates import get_template
-    from pvit.engine import run_stage
+    from pvit.engine import barrier, resolve_strategy, run_stage
     from pvit.evaluate import make_collator, run_evaluations
     from pvit.model import _plain
     from pvit.plugins import build
@@ -233,6 +441,7 @@ def run_recipe(loaded: LoadedRecipe, *, resume: str | None = None, overwrite: bo
 
     cfg = loaded.cfg
     check_components(cfg)
+    strategy = resolve_strategy(str(cfg.engine.strategy), info.world)
     missing = missing_files(cfg)
     if missing:
         lines = "\n".join(f"  - {k}: {v}" for k, v in missing)
@@ -243,54 +452,98 @@ def run_recipe(loaded: LoadedRecipe, *, resume: str | None = None, overwrite: bo
             "recipes/pvit_tiny.yaml, which runs anywhere."
         )
     run_dir = Path(cfg.run_dir)
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    write_provenance(loaded, run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    resuming = resume is not None and (run_dir / "resolved.yaml").is_file() and not overwrite
+    if resume is not None and not resuming and resume != "auto":
+        raise RunDirError(f"--resume {resume}: {run_dir} holds no run to resume (no resolved.yaml)")
+    if resume == "auto" and not resuming:
+        log(f"--resume auto: {run_dir} holds no run yet; starting it from the beginning")
+    dirs = _stage_dirs(run_dir, cfg)
+    explicit: tuple[int, str] | None = None
+    if resuming and resume != "auto":
+        explicit = explicit_resume_point(run_dir, cfg, resume)
+    finished = set()
+    if resuming:
+        finished = ({i for i in range(explicit[0])} if explicit else
+                    {i for i, d in enumerate(dirs) if (d / "export" / "weights.safetensors").is_file()})
+    launch = {"world_size": info.world, "strategy": strategy, "argv": sys.argv,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    check = None
+    if resuming:
+        import yaml
+
+        old_launch = json.loads((run_dir / "launch.json").read_text()) if (run_dir / "launch.json").is_file() else {}
+        check = check_resume(_read_yaml(run_dir / "resolved.yaml"), yaml.safe_load(dump_yaml(cfg, resolve=True)),
+                             finished=finished, old_world=int(old_launch.get("world_size", info.world)),
+                             new_world=info.world)
+        if check.errors:
+            raise RunDirError(f"cannot resume {run_dir} with this recipe:\n"
+                              + "\n".join(f"  - {e}" for e in check.errors)
+                              + "\n(see RESUME_RULES in pvit/run.py; use --overwrite or a new run_dir to start over)")
+        for w in check.warnings:
+            log(f"warning: resume: {w}")
+        for key, value in check.keep.items():
+            cfg[key] = value
+    barrier()  # every rank has checked before rank 0 changes anything
+    if info.main:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, log=log)
+        if resuming:
+            _append_resume(run_dir, loaded, launch, resume, check)
+        else:
+            write_provenance(loaded, run_dir, launch)
+    barrier()
     t_start = time.time()
     torch.manual_seed(cfg.seed)
-    log(f"pvit: building model for recipe {cfg.name!r}")
+    log(f"pvit: building model for recipe {cfg.name!r}" + (f" ({info.world} processes, {strategy})"
+                                                          if info.world > 1 else ""))
     model = build_model(cfg)
     plan = plan_model(model, cfg)
     template = get_template(cfg.model.template, model.llm.tokenizer)
     summary: dict[str, Any] = {"recipe": cfg.name, "run_dir": str(run_dir), "plan": plan.as_dict(), "stages": [],
-                               "versions": versions()}
+                               "versions": versions(), "world_size": info.world, "strategy": strategy}
+    names = [s.name for s in cfg.stages]
     for i, st in enumerate(cfg.stages):
-        stage_dir = run_dir / "stages" / f"{i}-{st.name}"
+        stage_dir = dirs[i]
         export_dir = stage_dir / "export"
         if st.init_from:
-            src = (run_dir / "stages" / f"{[s.name for s in cfg.stages].index(st.init_from)}-{st.init_from}" / "export"
-                   if st.init_from in [s.name for s in cfg.stages] else Path(st.init_from))
+            src = dirs[names.index(st.init_from)] / "export" if st.init_from in names else Path(st.init_from)
             load_export(model, src)
-        if resume is not None and (export_dir / "weights.safetensors").is_file():
+        if i in finished:
             load_export(model, export_dir)
             log(f"stage {st.name}: already finished in {stage_dir}; loaded its export")
             prev = json.loads((stage_dir / "stage.json").read_text()) if (stage_dir / "stage.json").is_file() else {}
             summary["stages"].append(prev)
             continue
-        if plan.stages[i]["trainable_total"] == 0:
-            # e.g. stage 1 of the `none` ablation: no region projector and no new tokens to train
-            log(f"stage {st.name}: nothing to train in this model ({', '.join(st.trainable)} are absent or empty); "
-                "skipped")
-            summary["stages"].append({"name": st.name, "steps": 0, "skipped": True, "losses": []})
-            continue
         dataset = build("dataset", st.data.name, where=f"stages[{i}].data", **_plain(dict(st.data.options or {})))
         collator = make_collator(model, template, cfg.model.max_length, cfg.model.region_policy, generate=False)
         engine_dir = stage_dir / "engine"
         resume_from = None
-        if resume is not None:
-            resume_from = _resume_point(engine_dir, resume, log)
+        if explicit is not None and explicit[0] == i:
+            resume_from = explicit[1]
+        elif resuming:
+            resume_from = resume_point(engine_dir, log)
+            if resume_from is None:
+                log(f"stage {st.name}: no checkpoint in {engine_dir}; training it from step 0")
+        if resume_from:
+            log(f"stage {st.name}: resuming from {resume_from}")
         log(f"stage {i + 1}/{len(cfg.stages)} {st.name}: {len(dataset)} samples, trainable "
             f"{', '.join(st.trainable)} ({plan.stages[i]['trainable_total']:,} parameters)")
         result = run_stage(model, st, dataset=dataset, collator=collator, work_dir=engine_dir,
                            engine_cfg=cfg.engine, seed=cfg.seed + i, resume_from=resume_from)
-        export_stage(model, list(st.trainable), export_dir, {"stage": st.name, "recipe": cfg.name})
-        atomic_write_text(export_dir / "recipe.yaml", dump_yaml(cfg))
-        info = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),
-                "trainable": result.trainable, "losses": result.losses,
-                "final_loss": result.losses[-1][1] if result.losses else None}
-        atomic_write_text(stage_dir / "stage.json", json.dumps(info))
-        summary["stages"].append(info)
+        info_ = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),
+                 "trainable": result.trainable, "losses": result.losses,
+                 "final_loss": result.losses[-1][1] if result.losses else None,
+                 "world_size": result.world, "strategy": result.strategy}
+        if info.main:
+            export_stage(model, list(st.trainable), export_dir, {"stage": st.name, "recipe": cfg.name})
+            atomic_write_text(export_dir / "recipe.yaml", dump_yaml(cfg))
+            atomic_write_text(stage_dir / "stage.json", json.dumps(info_))
+        barrier()  # the export exists before any rank moves on (a later stage may init_from it)
+        summary["stages"].append(info_)
         log(f"stage {st.name}: {result.steps} steps in {result.seconds:.0f} s, final loss "
-            f"{info['final_loss']:.4f}" if info["final_loss"] is not None else f"stage {st.name}: done")
+            f"{info_['final_loss']:.4f}" if info_["final_loss"] is not None else f"stage {st.name}: done")
+    if not info.main:
+        return summary
     if cfg.eval:
         log("evaluating")
         precision = cfg.stages[-1].optim.precision if cfg.stages else "fp32"
@@ -303,32 +556,15 @@ def run_recipe(loaded: LoadedRecipe, *, resume: str | None = None, overwrite: bo
     return summary
 
 
-def _resume_point(engine_dir: Path, resume: str, log) -> str | None:
-    """The engine checkpoint to resume from: ``auto`` takes the newest readable one, a path must exist."""
-    from pvit.errors import CheckpointError
+def _append_resume(run_dir: Path, loaded: LoadedRecipe, launch: dict, resume: str, check) -> None:
+    """Keep the run's provenance and record this resume (its overrides, processes and recipe changes)."""
+    from pvit.checkpoints import atomic_write_text
 
-    if resume != "auto":
-        p = Path(resume)
-        if not p.is_file():
-            raise RunDirError(f"--resume {resume}: no such checkpoint file")
-        return str(p)
-    if not engine_dir.is_dir():
-        return None
-    ckpts = sorted(engine_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]), reverse=True)
-    for p in ckpts:
-        if _readable(p):
-            return str(p)
-        log(f"resume: skipping unreadable checkpoint {p}")
-    if ckpts:
-        raise CheckpointError(f"--resume auto: no readable checkpoint in {engine_dir} (tried {len(ckpts)})")
-    return None
-
-
-def _readable(p: Path) -> bool:
-    import zipfile
-
+    path = run_dir / "resumes.json"
     try:
-        with zipfile.ZipFile(p) as z:
-            return z.testzip() is None
-    except (zipfile.BadZipFile, OSError):
-        return False
+        history = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        history = []
+    history.append({**launch, "resume": resume, "overrides": _scrub_list(loaded, loaded.overrides),
+                    "versions": versions(), **(check.as_dict() if check is not None else {})})
+    atomic_write_text(path, json.dumps(history, indent=2, default=str))

@@ -1,7 +1,7 @@
 """Contract checks a plugin author runs on an instance of their component: region encoders, image encoders, projectors.
 
 Each check raises ``AssertionError`` naming the component and the contract it broke, and returns a small
-summary dict when everything holds::
+summary dict when everything holds:
 
     from pvit.testing import check_region_encoder
     check_region_encoder(pvit.build("region_encoder", "my-encoder"), image_encoder=my_vit)
@@ -238,8 +238,8 @@ def check_region_encoder(encoder, image_encoder=None, *, n_images: int = 2, seed
         seed: seeds the images and boxes.
 
     Returns:
-        ``{"tokens_per_region", "out_dim", "regions", "output_shape", "trainable_params", "frozen_params",
-        "backward", "region_text"}``.
+        dict: ``{"tokens_per_region", "out_dim", "regions", "output_shape", "trainable_params",
+            "frozen_params", "backward", "region_text"}``.
 
     Raises:
         AssertionError: naming the contract that is broken.

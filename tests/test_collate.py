@@ -236,7 +236,7 @@ def test_literal_placeholder_in_the_data_is_a_collation_error_not_a_splice_error
     with pytest.raises(DataError, match=r"sample lit of data/train.json: 2 region placeholder tokens .* but 1") as e:
         collator()([s])
     assert not isinstance(e.value, SpliceError)
-    with pytest.raises(DataError, match=r"sample lit2 .*: 2 <image> placeholders"):
+    with pytest.raises(DataError, match=r"sample lit2 .*: the text has 2 <image> placeholders"):
         collator()([sample("<image> what <image> ?", "red", sid="lit2")])
 
 
@@ -378,13 +378,14 @@ def test_box_covers_the_same_pixels_after_regionclip_resize_and_pad(regionclip, 
     batch = col([s2, s])
     inputs = batch["region_inputs"]
     exact = [torch.tensor([box])]  # the canonical box at full precision; the text carries it to 1/1000
-    assert torch.allclose(batch["boxes"][1], exact[0], atol=6e-4)
+    assert torch.allclose(batch["boxes"][1], exact[0], atol=1.01e-3)  # <L999> is the last grid step
     rois = regionclip._rois(inputs, [torch.zeros(0, 4)] + exact, [1], torch.device("cpu"))  # (1, 5)
     _, bx1, by1, bx2, by2 = rois[0].tolist()
     hh, ww = inputs.sizes[1].tolist()
     std, mean = torch.tensor([0.26862954, 0.26130258, 0.27577711]), torch.tensor([0.48145466, 0.4578275, 0.40821073])
     pix = inputs.pixels[1] * std.view(3, 1, 1) + mean.view(3, 1, 1)  # (3, H, W) back in [0, 1]
-    assert pix[:, hh:, :].abs().max() < 1e-3 + mean.max() and pix[:, :, ww:].abs().max() < 1e-3 + mean.max()
+    padding = inputs.pixels[1][:, hh:, :].abs().sum() + inputs.pixels[1][:, :, ww:].abs().sum()
+    assert padding == 0  # zero padding right and bottom only: the box's pixels did not move
     gray = pix[:, :hh, :ww].mean(0)  # (hh, ww)
     ys, xs = torch.meshgrid(torch.arange(hh) + 0.5, torch.arange(ww) + 0.5, indexing="ij")  # pixel centres
     m = 1.0 + max(ww / w, hh / h)  # bilinear blur at the edges, in resized pixels
