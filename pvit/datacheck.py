@@ -139,4 +139,7 @@ def check_data(recipe: Path, overrides=(), *, limit: int | None = None,
         log(summary_line(where, name, res["counts"]))
         for p in res["problems"]:
             log(f"    {p}")
+        if res["counts"]["invalid_boxes"] and options.get("region_policy", "error") == "error":
+            log(f"    note: under region_policy 'error' (the default) training stops at the first invalid box; "
+                f"set region_policy: clip or drop in {where}'s data options to repair or skip them (counted)")
     return report

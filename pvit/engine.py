@@ -10,8 +10,10 @@ Workarounds (each has a test in ``tests/test_engine_workarounds.py`` that fails 
    CPU: we create the group ourselves (gloo on CPU, nccl on GPU) and mmengine skips its own. [`init_distributed`]
 3. mmengine wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU module: ``device_ids=None``
    on CPU. [`ddp_wrapper_cfg`]
-4. FSDP: mmengine passes ``device_id=LOCAL_RANK`` (a CUDA index) and calls ``FSDP.optim_state_dict_to_load``
-   with torch < 2.1's argument order; and its gradient clipping sees only each rank's shard. [`_fsdp_strategy`]
+4. FSDP: mmengine passes ``device_id=LOCAL_RANK`` (a CUDA index); calls ``FSDP.optim_state_dict_to_load``
+   with torch < 2.1's argument order; rebuilds AdamW with an argument AdamW does not take; clips gradients by
+   each rank's shard only; and its ``'full'`` state dicts offload to CPU, which on CPU corrupts the saved
+   optimizer state. [`_fsdp_strategy`, `fsdp_state_dict_cfg`]
 5. ``AmpOptimWrapper`` is GPU-only: bf16 runs under ``torch.autocast`` in the model wrapper, on CPU and GPU.
 6. Exact resume: ``randomness=dict(seed=...)``, and the RNG states and the data position are saved in each
    checkpoint (mmengine saves neither; it replays the data loader instead, loading every skipped batch).
@@ -25,6 +27,7 @@ Workarounds (each has a test in ``tests/test_engine_workarounds.py`` that fails 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -149,7 +152,7 @@ def _register_trusted_loader() -> None:
     """Workaround 1: ``pvit-run://PATH`` loads our own resume checkpoints with ``weights_only=False``."""
     from mmengine.runner import checkpoint as ck
 
-    def load_trusted(filename: str, map_location=None):
+    def load_from_pvit_run_dir(filename: str, map_location=None):
         path = filename[len(TRUSTED_PREFIX):]
         if not os.path.isfile(path):
             raise CheckpointError(f"resume checkpoint {path} does not exist")
@@ -158,7 +161,7 @@ def _register_trusted_loader() -> None:
         except Exception as e:  # truncated or garbage file
             raise CheckpointError(f"resume checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
 
-    ck.CheckpointLoader.register_scheme(prefixes=TRUSTED_PREFIX, loader=load_trusted, force=True)
+    ck.CheckpointLoader.register_scheme(prefixes=TRUSTED_PREFIX, loader=load_from_pvit_run_dir, force=True)
 
 
 def atomic_checkpoint_save(original):
@@ -223,9 +226,9 @@ def _checkpoint_hook(**kwargs):
             runner.message_hub.update_info("last_ckpt", self.last_ckpt)
             outdated = []
             if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
-                self.keep_ckpt_ids.append(step)
-                while len(self.keep_ckpt_ids) > self.max_keep_ckpts:
+                while len(self.keep_ckpt_ids) >= self.max_keep_ckpts:  # a deque with maxlen: pop first
                     outdated.append(self.keep_ckpt_ids.popleft())
+                self.keep_ckpt_ids.append(step)
                 runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
             runner.save_checkpoint(self.out_dir, name, self.file_client_args, save_optimizer=self.save_optimizer,
                                    save_param_scheduler=self.save_param_scheduler, meta=meta,
@@ -320,7 +323,10 @@ def _fsdp_strategy():
                 group = {k: v for k, v in g.items() if k != "params"}
                 group["params"] = [by_name[self.id_to_name[id(p)]] for p in g["params"]]
                 groups.append(group)
-            defaults = {k: v for k, v in optimizer.defaults.items() if k != "differentiable"}
+            # only the constructor's own arguments (torch's AdamW keeps 'decoupled_weight_decay' in defaults
+            # but does not accept it; mmengine's rebuild fails on that too)
+            accepted = inspect.signature(optimizer.__class__.__init__).parameters
+            defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted and k != "differentiable"}
             optim_wrapper.optimizer = optimizer.__class__(groups, **defaults)
             optim_wrapper.__class__ = FSDPOptimWrapper
             optim_wrapper.fsdp_root = model
@@ -342,7 +348,18 @@ def _deepspeed_strategy():
         raise RecipeError(f"engine.strategy: 'deepspeed' needs the deepspeed package, which is not installed "
                           f"({e}); pip install deepspeed, or use strategy ddp or fsdp") from None
     from mmengine._strategy import DeepSpeedStrategy
+    from mmengine._strategy import deepspeed as ds_module
     from mmengine.registry import STRATEGIES as REGISTRY
+
+    register = ds_module.register_deepspeed_optimizers
+
+    def register_available():
+        """mmengine registers DeepSpeed's 1-bit optimizers, which newer DeepSpeed moved; pvit passes a built
+        optimizer, so a failed registration does not matter."""
+        with contextlib.suppress(ImportError):
+            register()
+
+    ds_module.register_deepspeed_optimizers = register_available
 
     class PvitDeepSpeedStrategy(DeepSpeedStrategy):
         def _setup_distributed(self, launcher=None, backend="nccl", **kwargs):
@@ -352,9 +369,34 @@ def _deepspeed_strategy():
                 init_distributed(force=True)
             deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
 
+        def save_checkpoint(self, filename, **kwargs):
+            """Every rank writes its shards into ``NAME.tmp-ds``; rank 0 renames the folder when all are done."""
+            tmp = f"{filename}.tmp-ds"
+            super().save_checkpoint(tmp, **kwargs)
+            barrier()
+            if dist_info().main:
+                os.replace(tmp, filename)
+            barrier()
+
+        def resume(self, filename, **kwargs):
+            # DeepSpeed checkpoints are folders that DeepSpeed reads itself; it needs the plain path.
+            if str(filename).startswith(TRUSTED_PREFIX):
+                filename = str(filename)[len(TRUSTED_PREFIX):]
+            return super().resume(filename, **kwargs)
+
     REGISTRY.register_module(name="PvitDeepSpeedStrategy", module=PvitDeepSpeedStrategy, force=True)
     _STRATEGY_CLASSES["deepspeed"] = PvitDeepSpeedStrategy
     return PvitDeepSpeedStrategy
+
+
+def fsdp_state_dict_cfg() -> dict:
+    """Full (rank 0) state dicts, so an FSDP checkpoint is one file like the others. mmengine's ``'full'`` sets
+    ``offload_to_cpu=True``, which on CPU hands back tensors whose storage FSDP then frees (``.cpu()`` of a CPU
+    tensor is the tensor itself): the optimizer state in the checkpoint is garbage. Offload only from a GPU."""
+    gpu = torch.cuda.is_available()
+    return dict(state_dict_type="FULL_STATE_DICT",
+                state_dict_config=dict(type="FullStateDictConfig", rank0_only=True, offload_to_cpu=gpu),
+                optim_state_dict_config=dict(type="FullOptimStateDictConfig", rank0_only=True, offload_to_cpu=gpu))
 
 
 def resolve_strategy(name: str, world: int) -> str:
@@ -498,6 +540,10 @@ class EpochKeyed(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def metainfo(self) -> dict:
+        return dict(getattr(self.dataset, "metainfo", None) or {})
 
     def __getitem__(self, key):
         epoch, index = key
@@ -800,7 +846,7 @@ def run_stage(
         visualizer=vis,
         resume=resume_from is not None,
         load_from=(TRUSTED_PREFIX + str(resume_from)) if resume_from else None,
-        log_level="WARNING",
+        log_level="ERROR",  # mmengine's deprecation chatter; pvit reports what matters itself
         default_scope="mmengine",
         experiment_name=f"{stage.name}_{os.getpid()}_{time.time_ns()}",
     )
@@ -811,7 +857,7 @@ def run_stage(
         runner = Runner(
             optim_wrapper=OptimWrapper(optimizer=optimizer, accumulative_counts=optim.grad_accum, clip_grad=clip),
             launcher="pytorch" if strategy == "ddp" else "none",
-            model_wrapper_cfg=ddp_wrapper_cfg() if strategy == "ddp" else None,
+            cfg=dict(model_wrapper_cfg=ddp_wrapper_cfg()) if strategy == "ddp" else None,
             **common,
         )
     else:
@@ -821,7 +867,7 @@ def run_stage(
             from mmengine.optim import OptimWrapper
 
             _fsdp_strategy()
-            strat = dict(type="PvitFSDPStrategy", state_dict_cfg="full",
+            strat = dict(type="PvitFSDPStrategy", state_dict_cfg=fsdp_state_dict_cfg(),
                          model_wrapper=dict(type="MMFullyShardedDataParallel", use_orig_params=True))
             wrapper: Any = OptimWrapper(optimizer=optimizer, accumulative_counts=optim.grad_accum, clip_grad=clip)
         else:

@@ -209,9 +209,12 @@ def prepare_run_dir(run_dir: Path, *, resume: str | None, overwrite: bool, log: 
     if overwrite and _has_content(run_dir):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in run_dir.rglob("*.tmp-*") if p.is_file()]
+    stale = list(run_dir.rglob("*.tmp-*"))
     for tmp in stale:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():  # a DeepSpeed checkpoint folder
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     if stale:
         log(f"removed {len(stale)} unfinished temp file(s) of an interrupted write in {run_dir}")
     return len(stale)
@@ -403,8 +406,9 @@ def _readable(p: Path) -> bool:
     """A torch zip checkpoint whose every member passes its CRC check (nothing is unpickled)."""
     import zipfile
 
-    if p.is_dir():  # DeepSpeed writes folders
-        return any(p.iterdir())
+    if p.is_dir():  # DeepSpeed writes folders: its model states plus optimizer shards
+        files = [f for f in p.iterdir() if f.is_file()]
+        return any(f.name.endswith("model_states.pt") for f in files) and all(_readable(f) for f in files)
     try:
         with zipfile.ZipFile(p) as z:
             return z.testzip() is None

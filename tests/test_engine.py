@@ -26,6 +26,26 @@ from pvit.run import build_model, run_recipe
 MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
 
 
+def one_stage_recipe(folder: Path, *, optim: str = "lr: 3.0e-3, max_steps: 6, batch_size: 4",
+                     engine: str = "checkpoint_every: 3, tensorboard: false", norm: str = "batch") -> Path:
+    """A one-stage recipe (micro's stage 2) written to ``folder``; shared by the test_engine_* files."""
+    path = folder / "one_stage.yaml"
+    path.write_text(f"""\
+base: {MICRO}
+model:
+  projector: {{options: {{input_norm: {norm}}}}}
+  region_projector: {{options: {{input_norm: {norm}}}}}
+stages:
+  - name: stage2
+    data: {{name: synth-regions, options: {{split: train, size: 64, task: all-region, image_size: 32}}}}
+    trainable: [projector, region_projector, llm, bbox_embed]
+    optim: {{{optim}}}
+eval: []
+engine: {{{engine}}}
+""")
+    return path
+
+
 def _stage_setup(loaded, index):
     cfg = loaded.cfg
     torch.manual_seed(cfg.seed)

@@ -144,13 +144,7 @@ class Collator:
                 out.append(new)
                 boxes.append([tuple(float(v) for v in b) for b in bx])
             return out, boxes
-        explicit = list(explicit)
-        found = [len(_ANY_MENTION.findall(t)) for t in texts]
-        if sum(found) != len(explicit):
-            raise DataError(
-                f"{where}: {sum(found)} region mention(s) in the text but {len(explicit)} box(es) in the sample's "
-                "'boxes'; each <Region>...</Region> mention needs exactly one box, in mention order"
-            )
+        explicit = _check_box_count(texts, explicit, where)
         out, boxes, k = [], [], 0
         for text in texts:
             turn_boxes, pieces, last = [], [], 0
@@ -234,14 +228,17 @@ class Collator:
         if has_image and not n_image_marks:
             turns[0] = (turns[0][0], f"{IMAGE_TOKEN}\n{turns[0][1]}")
 
-        answer, prompt = None, None
+        answer, prompt, explicit = None, None, sample.get("boxes")
         if self.generate:
             if turns[-1][0] == "assistant":
                 answer = turns[-1][1].strip()
+                if explicit is not None:  # the answer's boxes are held out with it
+                    explicit = _check_box_count([t for _, t in turns], explicit, where)
+                    explicit = explicit[:len(explicit) - len(_ANY_MENTION.findall(turns[-1][1]))]
                 turns = turns[:-1]
             prompt = turns[-1][1]
         roles = [r for r, _ in turns]
-        texts, boxes = self._rewrite([t for _, t in turns], sample.get("boxes"), where)
+        texts, boxes = self._rewrite([t for _, t in turns], explicit, where)
         if not has_image and any(boxes):
             raise DataError(f"{where}: the sample mentions regions but has no image")
         image_text = _I0 + IMAGE_PATCH_TOKEN * self.num_image_tokens + _I1 if has_image else ""
@@ -388,16 +385,21 @@ class Collator:
         samples with an image, or None; ``image_sample`` (B_i,) their batch rows; ``boxes``: B_i x (R_b, 4);
         ``n_regions`` (B,); ``region_inputs``; and per sample ``ids``, ``answers``, ``prompts``, ``meta``.
         """
-        B, T = len(encoded), max(len(e["input_ids"]) for e in encoded)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
-        for b, e in enumerate(encoded):
-            n = len(e["input_ids"])
-            sl = slice(T - n, T) if self.generate else slice(0, n)
-            input_ids[b, sl] = torch.tensor(e["input_ids"])
-            labels[b, sl] = torch.tensor(e["labels"])
-            attention_mask[b, sl] = 1
+        T = max(len(e["input_ids"]) for e in encoded)
+        rows_ids, rows_labels, rows_mask = [], [], []
+        for e in encoded:
+            pad = T - len(e["input_ids"])
+            if self.generate:  # left padding: every prompt ends where generation starts
+                rows_ids.append([self.pad_id] * pad + e["input_ids"])
+                rows_labels.append([IGNORE_INDEX] * pad + e["labels"])
+                rows_mask.append([0] * pad + [1] * len(e["input_ids"]))
+            else:
+                rows_ids.append(e["input_ids"] + [self.pad_id] * pad)
+                rows_labels.append(e["labels"] + [IGNORE_INDEX] * pad)
+                rows_mask.append([1] * len(e["input_ids"]) + [0] * pad)
+        input_ids = torch.tensor(rows_ids, dtype=torch.long)  # (B, T)
+        labels = torch.tensor(rows_labels, dtype=torch.long)  # (B, T)
+        attention_mask = torch.tensor(rows_mask, dtype=torch.long)  # (B, T)
         with_image = [b for b, e in enumerate(encoded) if e["pixels"] is not None]
         pixels = torch.stack([encoded[b]["pixels"] for b in with_image]) if with_image else None  # (B_i, 3, H, W)
         region_inputs = RegionInputs()
@@ -417,6 +419,18 @@ class Collator:
             "prompts": [e.get("prompt") for e in encoded],
             "meta": [e["meta"] for e in encoded],
         }
+
+
+def _check_box_count(texts: list[str], explicit, where: str) -> list:
+    """A sample's explicit ``boxes`` as a list, after checking there is one per region mention (item 18)."""
+    explicit = list(explicit)
+    found = sum(len(_ANY_MENTION.findall(t)) for t in texts)
+    if found != len(explicit):
+        raise DataError(
+            f"{where}: {found} region mention(s) in the text but {len(explicit)} box(es) in the sample's "
+            "'boxes'; each <Region>...</Region> mention needs exactly one box, in mention order"
+        )
+    return explicit
 
 
 def sample_texts(sample: dict) -> list[tuple[str, str]]:
