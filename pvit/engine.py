@@ -1,7 +1,23 @@
 """The mmengine adapter: runs one training stage on mmengine's Runner or FlexibleRunner, and works around
 mmengine 0.10.x's known issues with recent torch here, in one place (DESIGN.md section 6).
 
-Workarounds (each has a test in ``tests/test_engine_workarounds.py`` that fails if it breaks):
+Strategies (recipe ``engine.strategy``; launch several processes with
+``torchrun --nproc_per_node N -m pvit run RECIPE``; ``optim.batch_size`` is per process):
+
+* ``auto`` / ``ddp``: one process -> mmengine ``Runner``; several -> DDP (gloo on CPU, nccl on GPU).
+* ``fsdp``: ``FlexibleRunner`` + FSDP (full shard, ``use_orig_params``); checkpoints hold full state dicts
+  written by rank 0; after the stage the full weights are gathered on every rank for the export and the next
+  stage. A stage that trains ``new_token_embeddings`` without ``llm`` is refused (the row mask is a gradient
+  hook, which FSDP's flat parameters bypass): run it with ``ddp``, as PVIT runs its stage 1.
+* ``deepspeed``: ``FlexibleRunner`` + DeepSpeed ZeRO-2 (``pip install deepspeed``; CPU works over gloo);
+  DeepSpeed does gradient accumulation and clipping; checkpoints are folders.
+
+With several processes the loss is normalised by the global number of target tokens and the reported loss is
+the global mean, so N processes with batch B give the losses of one process with batch N x B (to float
+rounding; BatchNorm input norms excepted, which use per-process statistics).
+
+Workarounds (each has a test that fails if it breaks: ``tests/test_engine_workarounds.py``, and end to end
+``test_engine.py``'s kill-and-resume test and ``test_engine_distributed.py``'s torchrun tests):
 
 1. ``torch.load`` defaults to ``weights_only=True`` and refuses mmengine's resume checkpoints (they pickle the
    message hub): a ``pvit-run://`` scheme loads them unrestricted, used only for checkpoints inside our own
@@ -22,6 +38,13 @@ Workarounds (each has a test in ``tests/test_engine_workarounds.py`` that fails 
    old checkpoints are deleted only after the new one exists (mmengine deletes first). [`_checkpoint_hook`]
 9. mmengine's iteration loop sleeps 2 s at every epoch boundary and never tells the dataset its epoch: the
    sampler here is an endless seeded stream of ``(epoch, index)`` keys. [`StageStream`]
+10. mmengine's loop calls ``model.train()`` every step, a walk over every submodule (~2 ms for a small model,
+    ~15% of a tiny step): once per stage here. [`_loop_class`]
+12. mmengine's default data preprocessor walks every element of every list in a batch (~1.3 ms a step): the
+    model wrapper moves the batch itself. [`_wrap`]
+11. DeepSpeed (0.19): mmengine imports 1-bit optimizers DeepSpeed has moved, hands DeepSpeed our
+    ``pvit-run://`` path on resume, and lets every rank write into the final checkpoint folder: tolerant
+    registration, the plain path, a temp folder renamed when all ranks are done. [`_deepspeed_strategy`]
 """
 
 from __future__ import annotations
@@ -412,19 +435,29 @@ def resolve_strategy(name: str, world: int) -> str:
     return name
 
 
-def _unshard_fsdp(wrapped, trainer: nn.Module) -> None:
-    """After an FSDP stage: gather the full weights on every rank and put them back into the plain module, so
-    that exports and the next stage see ordinary tensors."""
+def _full_state_fsdp(wrapped) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of an FSDP-wrapped trainer, on every rank."""
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     with warnings_off(), FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT,
                                               FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
-        full = wrapped.state_dict()
-    with torch.no_grad():
-        for name, p in trainer.named_parameters():
-            p.data = full[name].detach().clone().reshape(full[name].shape)
-            p.grad = None
+        return wrapped.state_dict()
+
+
+def _release(trainer: nn.Module, full: dict[str, torch.Tensor] | None = None) -> None:
+    """After an FSDP or DeepSpeed stage: give every module new, plain Parameter objects (with ``full``'s values
+    or their own), so that exports and the next stage see ordinary tensors. FSDP marks the parameters it
+    flattened (a later wrap would skip them: no gradient sync) and DeepSpeed leaves gradient hooks on them.
+    Shared (tied) parameters stay shared."""
+    fresh: dict[int, nn.Parameter] = {}
+    for name, p in trainer.named_parameters():
+        value = full[name] if full is not None else p
+        fresh[id(p)] = nn.Parameter(value.detach().clone(), requires_grad=p.requires_grad)
+    for module in trainer.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[key] = fresh[id(p)]
 
 
 @contextlib.contextmanager
@@ -575,7 +608,7 @@ def make_loader(dataset, collator, *, batch_size: int, seed: int, num_workers: i
 
 def _loop_class():
     """mmengine's IterBasedTrainLoop that starts a resumed stream at its saved position instead of
-    loading and discarding every batch already trained on."""
+    loading and discarding every batch already trained on, and sets train mode once."""
     from mmengine.runner import IterBasedTrainLoop
     from mmengine.runner.loops import _InfiniteDataloaderIterator
 
@@ -590,8 +623,10 @@ def _loop_class():
                 self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
             runner.call_hook("before_train")
             runner.call_hook("before_train_epoch")
+            # once, not every step as mmengine does (a walk over every submodule, ~2 ms per step for a
+            # small model); nothing switches to eval mode in between: stages run no validation loop
+            runner.model.train()
             while self._iter < self._max_iters and not self.stop_training:
-                runner.model.train()
                 batch = next(self.dataloader_iterator)
                 consumed += per_step
                 runner.message_hub.update_info("pvit_samples", consumed)  # saved with each checkpoint
@@ -612,7 +647,14 @@ def autocast(precision: str, device: torch.device):
 
 
 def _wrap(model: PVITModel, precision: str, trainable: list[str], world: int):
-    from mmengine.model import BaseModel
+    from mmengine.model import BaseDataPreprocessor, BaseModel
+
+    class _AsIs(BaseDataPreprocessor):
+        """Workaround 12: mmengine's default preprocessor walks every element of every list in the batch
+        (~1.3 ms a step for a tiny model); ``forward`` below moves the batch to the device itself."""
+
+        def forward(self, data, training: bool = False):
+            return data
 
     frozen = [s for s in ("projector", "region_projector", "llm", "bbox_embed", "image_encoder", "region_encoder")
               if s not in trainable and getattr(model, s, None) is not None]
@@ -626,7 +668,7 @@ def _wrap(model: PVITModel, precision: str, trainable: list[str], world: int):
         """
 
         def __init__(self):
-            super().__init__()
+            super().__init__(data_preprocessor=_AsIs())
             self.pvit = model
 
         def train(self, mode: bool = True):
@@ -809,6 +851,8 @@ def run_stage(
         opt_steps = max(1, math.ceil(len(dataset) * float(optim.epochs or 1) / per_step))
     iters = opt_steps * optim.grad_accum
     warmup = int(round(optim.warmup_ratio * iters))
+    if warmup == 1:  # mmengine's LinearLR over a single iteration never leaves start_factor
+        warmup = 2 if iters > 2 else 0
 
     loader = make_loader(dataset, collator, batch_size=optim.batch_size, seed=seed,
                          num_workers=engine_cfg.num_workers, info=info)
@@ -884,7 +928,9 @@ def run_stage(
         with warnings_off() if strategy == "fsdp" else contextlib.nullcontext():
             runner.train()
         if strategy == "fsdp":
-            _unshard_fsdp(runner.model, trainer)
+            _release(trainer, _full_state_fsdp(runner.model))
+        elif strategy == "deepspeed":
+            _release(trainer)
     finally:
         state.remove()
     return StageResult(stage.name, iters, losses, time.time() - t0, state.counts, strategy, info.world)

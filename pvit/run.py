@@ -261,12 +261,19 @@ Resuming with a changed recipe (the resolved recipe saved in the run directory i
   stages[i].optim.batch_size, .grad_accum, or the number of processes, for a stage not yet finished:
                                         warning: the global batch changes, so losses will not equal those of an
                                         uninterrupted run; training continues from the saved step and data position
-  stages[i].optim.* (other keys) of a stage not yet finished: warning; new values apply from the resumed step,
-                                        except the lr schedule, which continues as saved in the checkpoint
+  stages[i].optim.lr, .betas, .weight_decay, .warmup_ratio, .schedule, .min_lr_ratio of a stage not yet
+                                        finished: warning; ignored: the optimizer and its lr schedule continue as
+                                        saved in the checkpoint
+  stages[i].optim.* (other keys: max_steps, epochs, clip_grad, precision) of a stage not yet finished: warning;
+                                        the new value applies from the resumed step
   any key of a stage already finished:  warning; ignored (the stage is not trained again)
   engine.strategy                       warning
   anything else (eval, engine logging, name, paths): noted in resumes.json
 """
+
+
+#: Optimizer settings a resumed stage takes from its checkpoint (optimizer param groups, scheduler state).
+_FROM_CHECKPOINT = ("lr", "betas", "weight_decay", "warmup_ratio", "schedule", "min_lr_ratio")
 
 
 @dataclass
@@ -330,8 +337,11 @@ def check_resume(old: dict, new: dict, *, finished: set[int], old_world: int, ne
             elif part == "optim" and sub in ("batch_size", "grad_accum"):
                 res.warnings.append(f"{change}: the global batch of stage {old_names[i]!r} changes; its losses will "
                                     "not equal those of an uninterrupted run")
+            elif part == "optim" and sub in _FROM_CHECKPOINT:
+                res.warnings.append(f"{change}: ignored for stage {old_names[i]!r}: the optimizer and its lr schedule "
+                                    "continue as saved in the checkpoint")
             else:
-                res.warnings.append(f"{change}: applies from the resumed step (the lr schedule continues as saved)")
+                res.warnings.append(f"{change}: applies from the resumed step")
         elif key == "engine.strategy":
             res.warnings.append(f"{change}")
         else:
@@ -468,7 +478,7 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
         explicit = explicit_resume_point(run_dir, cfg, resume)
     finished = set()
     if resuming:
-        finished = ({i for i in range(explicit[0])} if explicit else
+        finished = (set(range(explicit[0])) if explicit else
                     {i for i, d in enumerate(dirs) if (d / "export" / "weights.safetensors").is_file()})
     launch = {"world_size": info.world, "strategy": strategy, "argv": sys.argv,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -504,7 +514,8 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
     plan = plan_model(model, cfg)
     template = get_template(cfg.model.template, model.llm.tokenizer)
     summary: dict[str, Any] = {"recipe": cfg.name, "run_dir": str(run_dir), "plan": plan.as_dict(), "stages": [],
-                               "versions": versions(), "world_size": info.world, "strategy": strategy}
+                               "versions": versions(), "world_size": info.world, "strategy": strategy,
+                               "rank": info.rank}
     names = [s.name for s in cfg.stages]
     for i, st in enumerate(cfg.stages):
         stage_dir = dirs[i]

@@ -142,7 +142,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["eval=[]", "stages=[${stages_2}]"]  # placeholder replaced below
     k = 4
-    over = ["eval=[]", f"stages.2.optim.max_steps={2 * k}", f"engine.checkpoint_every={k}"]
+    # attention dropout in the trained LLM: exactness needs the RNG state restored from the checkpoint
+    over = ["eval=[]", f"stages.2.optim.max_steps={2 * k}", f"engine.checkpoint_every={k}",
+            "model.llm.options.config.attention_dropout=0.2"]
     straight = tmp_path / "straight"
     p = _run_cli([f"run_dir={straight}", *over], env)
     out, _ = p.communicate(timeout=300)

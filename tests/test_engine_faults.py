@@ -216,17 +216,18 @@ def test_resume_with_a_changed_recipe_warns_or_refuses(base, tmp_path):
     with pytest.raises(RunDirError, match=r"model.llm.options.config.hidden_size: 32 -> 16"):
         run_recipe(pvit.load_recipe(recipe, [f"run_dir={run_dir}", "model.llm.options.config.hidden_size=16"]),
                    resume="auto", log=_quiet)
+    (run_dir / STAGE / "engine" / "iter_6.pth").unlink()  # resume from step 4
     lines: list[str] = []
     run_recipe(pvit.load_recipe(recipe, [f"run_dir={run_dir}", "seed=7", "stages.0.optim.lr=1e-3"]),
                resume="auto", log=lines.append)
     assert any("warning: resume: seed: 0 -> 7; resuming keeps the run's seed 0" in x for x in lines), lines
-    assert any("stages[0].optim.lr: 0.003 -> 0.001: applies from the resumed step" in x for x in lines), lines
+    assert any("stages[0].optim.lr: 0.003 -> 0.001: ignored for stage 'stage2'" in x for x in lines), lines
     history = json.loads((run_dir / "resumes.json").read_text())
-    assert len(history) == 1 and history[0]["overrides"] == ["seed=7", "stages.0.optim.lr=1e-3"]
+    assert len(history) == 1 and history[0]["overrides"][1:] == ["seed=7", "stages.0.optim.lr=1e-3"]
     assert any(w.startswith("seed:") for w in history[0]["warnings"])
     assert "seed: 0" in (run_dir / "resolved.yaml").read_text()  # the run's provenance is kept
-    # the seed was kept: the data order (and so step 5's loss) is the uninterrupted run's; lr changed from step 7
-    assert _losses(run_dir)[0] == _losses(base[1])[6 - 2]
+    # the seed was kept (the data order is the uninterrupted run's) and the lr came from the checkpoint
+    assert _losses(run_dir) == _losses(base[1])[4:]
 
 
 def test_missing_or_foreign_resume_targets_are_errors_naming_the_path(base, tmp_path):
@@ -298,8 +299,8 @@ def test_tensorboard_logs_the_loss(tmp_path):
     assert len(events) == 1
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
-    assert {"train/loss", "train/lr"} <= set(acc.Tags()["scalars"])
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert {"loss", "lr", "ce"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -310,7 +311,7 @@ def test_gradient_accumulation_and_clipping(tmp_path):
 
     for accum, clip in ((2, None), (1, 1e-3)):
         loaded = pvit.load_recipe(MICRO, [f"stages.0.optim.grad_accum={accum}", "stages.0.optim.max_steps=1",
-                                          "stages.0.optim.batch_size=2", f"stages.0.optim.clip_grad={clip if clip else 'null'}",
+                                          "stages.0.optim.batch_size=2", f"stages.0.optim.clip_grad={clip or 'null'}",
                                           "engine.checkpoint_every=100"])
         model, st, ds, col = stage_setup(loaded, 0)
         reference, _, _, _ = stage_setup(loaded, 0)  # the same initial weights
@@ -414,3 +415,35 @@ def test_loader_holds_no_images(tmp_path, monkeypatch):
     loader = engine.make_loader(ds, lambda b: b, batch_size=4, seed=0)
     batch = next(iter(loader))
     assert len(batch) == 4 and len(opened) == 4
+
+
+def test_frozen_encoders_keep_no_activations_for_backward():
+    """Stage 1: the frozen encoders run in eval mode under no_grad; autograd saves nothing inside them."""
+    loaded = pvit.load_recipe(MICRO)
+    model, st, ds, col = stage_setup(loaded, 1)
+    engine.set_trainable(model, list(st.trainable))
+    trainer = engine._wrap(model, "fp32", list(st.trainable), 1).train()
+    assert not model.image_encoder.training and not model.region_encoder.training
+    inside, saved = [False], {"encoders": 0, "elsewhere": 0}
+    for enc in (model.image_encoder, model.region_encoder):
+        enc.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+        enc.register_forward_hook(lambda *_: inside.__setitem__(0, False))
+
+    def pack(t):
+        saved["encoders" if inside[0] else "elsewhere"] += t.numel()
+        return t
+
+    batch = col([ds[i] for i in range(4)])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer(**batch)["loss"].backward()
+    assert saved["encoders"] == 0 and saved["elsewhere"] > 0, saved
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    display = engine._Display("stage1", total=4, start=0, enabled=True, every=1)
+    assert display.bar is not None
+    display.update(2, 1.2345, 1e-3, 3.0, 12.0)
+    display.close()
+    out = capsys.readouterr().out
+    assert "stage1" in out and "loss 1.2345" in out and "samples/s" in out

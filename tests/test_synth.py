@@ -184,7 +184,7 @@ def test_captions_list_objects_left_to_right():
     for i in range(len(ds)):
         s = ds[i]
         objs = sorted(s["meta"]["objects"], key=lambda o: (o["box"][0] + o["box"][2], o["box"][1] + o["box"][3]))
-        parts = [f"a {o['color']} {o['kind']}" for o in objs]
+        parts = [f"a {o['size']} {o['color']} {o['kind']}" for o in objs]
         assert s["meta"]["answer"] == " , ".join(parts[:-1]) + " and " + parts[-1] + " ."
         assert not any(o["kind"] == "word" for o in s["meta"]["objects"])  # no ocr task -> no words
 

@@ -139,9 +139,11 @@ def describe(item: Item) -> str:
 
 
 def caption(scene: Scene) -> str:
-    """Image caption listing the items left to right: "a red circle , a blue square and the word cat ."."""
+    """Image caption listing the items left to right with their region descriptions:
+    "a small red circle , a large blue square and the word cat ." (the same phrases as ``region-caption``, so a
+    language model aligned on captions already knows every word stage 1 asks of it)."""
     items = sorted(scene.items, key=lambda it: (it.center[0], it.center[1]))
-    parts = [f"the word {it.word}" if it.kind == "word" else f"a {it.color} {it.kind}" for it in items]
+    parts = [describe(it) for it in items]
     if len(parts) == 1:
         return parts[0] + " ."
     return " , ".join(parts[:-1]) + " and " + parts[-1] + " ."
