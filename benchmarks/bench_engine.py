@@ -109,14 +109,14 @@ def bench_overhead(steps: int | None, repeats: int) -> None:
     print("== engine overhead: time per training step (stage 2: projectors + LLM + box embedding; fp32), "
           f"median of {repeats} alternating runs, the first 20% of each run's steps excluded")
     for name, (recipe, overrides, batch, default_steps) in CONFIGS.items():
-        steps = steps or default_steps
-        warm = max(5, steps // 5)
+        n = steps or default_steps
+        warm = max(5, n // 5)
         hand, pv = [], []
         for _ in range(repeats):
-            hand.append(_hand_steps(recipe, overrides, batch, steps, warm))
-            pv.append(_pvit_steps(recipe, overrides, batch, steps, warm))
+            hand.append(_hand_steps(recipe, overrides, batch, n, warm))
+            pv.append(_pvit_steps(recipe, overrides, batch, n, warm))
         h, p = statistics.median(hand), statistics.median(pv)
-        print(f"  {name}, batch {batch}, {steps} steps: hand-written {h * 1e3:.1f} ms, pvit+mmengine {p * 1e3:.1f} ms, "
+        print(f"  {name}, batch {batch}, {n} steps: hand-written {h * 1e3:.1f} ms, pvit+mmengine {p * 1e3:.1f} ms, "
               f"ratio {p / h:.3f}x (target <= 1.15x)", flush=True)
 
 

@@ -42,6 +42,8 @@ Workarounds (each has a test that fails if it breaks: ``tests/test_engine_workar
     ~15% of a tiny step): once per stage here. [`_loop_class`]
 12. mmengine's default data preprocessor walks every element of every list in a batch (~1.3 ms a step): the
     model wrapper moves the batch itself. [`_wrap`]
+13. mmengine's ``LinearLR`` over a single iteration never leaves ``start_factor``: a one-step warmup becomes
+    two steps (or none). [`run_stage`]
 11. DeepSpeed (0.19): mmengine imports 1-bit optimizers DeepSpeed has moved, hands DeepSpeed our
     ``pvit-run://`` path on resume, and lets every rank write into the final checkpoint folder: tolerant
     registration, the plain path, a temp folder renamed when all ranks are done. [`_deepspeed_strategy`]

@@ -273,3 +273,23 @@ def test_atomic_save_leaves_nothing_under_the_final_name_on_failure(tmp_path):
 
 def _micro():
     return MICRO
+
+
+def test_one_step_warmup_still_reaches_the_full_learning_rate(tmp_path):
+    from mmengine.hooks import Hook
+
+    # warmup_ratio 0.05 of 20 steps = 1 step: mmengine's LinearLR over one iteration would leave the lr at
+    # start_factor (1e-3 x lr) for the whole stage
+    loaded = pvit.load_recipe(_micro(), ["stages.0.optim.max_steps=20", "stages.0.optim.warmup_ratio=0.05",
+                                         "engine.checkpoint_every=100"])
+    model, st, ds, col = stage_setup(loaded, 0)
+    lrs = []
+
+    class Lr(Hook):
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            lrs.append(runner.optim_wrapper.get_lr()["lr"][0])
+
+    engine.run_stage(model, st, dataset=ds, collator=col, work_dir=tmp_path, engine_cfg=loaded.cfg.engine, seed=0,
+                     extra_hooks=(Lr(),))
+    base = st.optim.lr
+    assert lrs[0] < 0.01 * base and max(lrs) > 0.9 * base and lrs[-1] < lrs[3]
