@@ -124,8 +124,9 @@ def run(
         from pvit.run import run_recipe
 
         summary = run_recipe(loaded, resume=resume, overwrite=overwrite, log=_echo)
-        _print_results(summary)
-        typer.echo(f"run directory: {summary['run_dir']} (report.md, metrics.json, plots/)")
+        if summary.get("rank", 0) == 0:  # under torchrun, only rank 0 reports
+            _print_results(summary)
+            typer.echo(f"run directory: {summary['run_dir']} (report.md, metrics.json, plots/)")
 
 
 @app.command()

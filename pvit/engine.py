@@ -935,4 +935,20 @@ def run_stage(
             _release(trainer)
     finally:
         state.remove()
+        _stop_workers(runner)
     return StageResult(stage.name, iters, losses, time.time() - t0, state.counts, strategy, info.world)
+
+
+def _stop_workers(runner) -> None:
+    """Shut the stage's persistent loader workers down now, in this process.
+
+    Left to the garbage collector, a finished stage's loader iterator can be collected inside a worker forked
+    for the next stage, whose ``__del__`` then fails with "can only test a child process".
+    """
+    import gc
+
+    it = getattr(getattr(runner, "train_loop", None), "dataloader_iterator", None)
+    inner = getattr(it, "_iterator", None)
+    if inner is not None and hasattr(inner, "_shutdown_workers"):
+        inner._shutdown_workers()
+    gc.collect()
