@@ -103,7 +103,7 @@ def test_dry_run_of_the_tiny_recipe_prints_the_plan(monkeypatch):
         if cells:
             rows[cells[0]] = cells
     for slot, name in [("image_encoder", "openclip-vit"), ("region_encoder", "regionclip"),
-                       ("projector", "mlp2x-gelu"), ("region_projector", "linear"), ("llm", "hf-causal-lm")]:
+                       ("projector", "mlp2x-gelu"), ("region_projector", "mlp2x-gelu"), ("llm", "hf-causal-lm")]:
         assert rows[slot][1] == name, rows.get(slot)
         assert re.fullmatch(r"\d{1,3}(,\d{3})*", rows[slot][2]) and int(rows[slot][2].replace(",", "")) > 0
     counts = [int(rows[s][2].replace(",", "")) for s in ("image_encoder", "region_encoder", "projector",
