@@ -320,13 +320,13 @@ def test_unknown_option_lists_accepted_ones():
 def test_recipe_options_are_checked_with_key_paths():
     from pvit.run import check_components
 
-    loaded = pvit.load_recipe(TINY, ["model.projector.options.in_dim=8", "model.region_projector.options.bais=false"])
+    loaded = pvit.load_recipe(TINY, ["model.projector.options.in_dim=8", "model.region_projector.options.hiden_dim=8"])
     with pytest.raises(RecipeError) as e:
         check_components(loaded.cfg)
     errors = e.value.errors
     assert len(errors) == 2, errors
     assert any("model.projector.options" in x and "'in_dim'" in x and "wired by pvit" in x for x in errors)
-    assert any("model.region_projector.options" in x and "did you mean 'bias'" in x for x in errors)
+    assert any("model.region_projector.options" in x and "did you mean 'hidden_dim'" in x for x in errors)
 
 
 # ------------------------------------------------------------------------------------------- a plugin in a test
