@@ -150,3 +150,16 @@ def test_bad_records_name_the_record():
         ev.score([rec(0, "a", "a"), {"id": "x", "answer": "a"}])
     empty = ev.score([])
     assert empty["metrics"]["accuracy"] == 0.0 and empty["records"] == []
+
+
+@pytest.mark.parametrize("name", ["synth-regions", "region-recognition", "region-qa", "fine-eval"])
+def test_decoding_options_are_recipe_options(name):
+    from pvit.evaluate import generation_options
+
+    ev = pvit.build("evaluator", name, generation={"do_sample": True, "temperature": 0.7, "batch_size": 4})
+    opts = generation_options(ev)
+    assert opts["do_sample"] is True and opts["temperature"] == 0.7 and opts["batch_size"] == 4
+    assert generation_options(pvit.build("evaluator", name))["do_sample"] is False
+    bad = pvit.build("evaluator", name, generation={"temprature": 0.7})
+    with pytest.raises(ValueError, match="temprature"):
+        generation_options(bad)

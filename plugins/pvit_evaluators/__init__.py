@@ -16,6 +16,7 @@ def make_synth_regions_eval(
     max_objects: int = 5,
     dataset_options: dict | None = None,
     max_new_tokens: int = 5,
+    generation: dict | None = None,
 ):
     """Exact-match accuracy per task on the ``synth-regions`` dataset.
 
@@ -24,6 +25,7 @@ def make_synth_regions_eval(
             the ``synth-regions`` dataset (test split, 500 images, the five region tasks, 64 px by default).
         dataset_options: further ``synth-regions`` options (e.g. ``shapes``, ``colors``, ``object_size``).
         max_new_tokens: generation budget per question (answers are one word).
+        generation: decoding options ``{do_sample, temperature, top_p, seed, batch_size}`` (greedy by default).
     """
     from pvit_evaluators.synth import SynthRegionsEvaluator
 
@@ -32,13 +34,16 @@ def make_synth_regions_eval(
         "questions_per_sample": questions_per_sample, "min_objects": min_objects, "max_objects": max_objects,
         **dict(dataset_options or {}),
     }
-    return SynthRegionsEvaluator("synth-regions", {"name": "synth-regions", "options": options}, max_new_tokens)
+    ev = SynthRegionsEvaluator("synth-regions", {"name": "synth-regions", "options": options}, max_new_tokens)
+    ev.generation = dict(generation or {})
+    return ev
 
 
 def make_region_recognition(
     dataset: str = "coco-regions",
     dataset_options: dict | None = None,
     max_new_tokens: int = 16,
+    generation: dict | None = None,
     primary: str = "synonym",
 ):
     """Region recognition accuracy (exact and COCO-synonym matchers), overall and per category.
@@ -48,18 +53,22 @@ def make_region_recognition(
             category name (``meta["category"]`` when present, else the last assistant turn).
         dataset_options: that dataset's options, passed through unchanged.
         max_new_tokens: generation budget per question.
+        generation: decoding options ``{do_sample, temperature, top_p, seed, batch_size}`` (greedy by default).
         primary: the matcher reported as ``accuracy``: "synonym" (default) or "exact".
     """
     from pvit_evaluators.recognition import RegionRecognitionEvaluator
 
     data = {"name": dataset, "options": dict(dataset_options or {})}
-    return RegionRecognitionEvaluator("region-recognition", data, max_new_tokens, primary=primary)
+    ev = RegionRecognitionEvaluator("region-recognition", data, max_new_tokens, primary=primary)
+    ev.generation = dict(generation or {})
+    return ev
 
 
 def make_region_qa(
     dataset: str = "gqa-regions",
     dataset_options: dict | None = None,
     max_new_tokens: int = 16,
+    generation: dict | None = None,
     group_by: str = "task",
 ):
     """Region question answering: exact match after GQA-style normalisation.
@@ -68,18 +77,22 @@ def make_region_qa(
         dataset: the dataset to generate on (default ``gqa-regions``).
         dataset_options: that dataset's options, passed through unchanged.
         max_new_tokens: generation budget per question.
+        generation: decoding options ``{do_sample, temperature, top_p, seed, batch_size}`` (greedy by default).
         group_by: ``meta`` key whose values get their own accuracy (default "task").
     """
     from pvit_evaluators.region_qa import RegionQAEvaluator
 
     data = {"name": dataset, "options": dict(dataset_options or {})}
-    return RegionQAEvaluator("region-qa", data, max_new_tokens, group_by=group_by)
+    ev = RegionQAEvaluator("region-qa", data, max_new_tokens, group_by=group_by)
+    ev.generation = dict(generation or {})
+    return ev
 
 
 def make_fine_eval(
     dataset: str = "fine-eval",
     dataset_options: dict | None = None,
     max_new_tokens: int = 512,
+    generation: dict | None = None,
     output_name: str = "pvit",
 ):
     """Collect answers to PVIT's fine-grained instructions as ``{image, instruction, output}`` JSONL.
@@ -91,12 +104,15 @@ def make_fine_eval(
         dataset: the dataset of instructions (default ``fine-eval``: PVIT's ``fine_eval/instructions.jsonl``).
         dataset_options: that dataset's options, passed through unchanged.
         max_new_tokens: generation budget per instruction.
+        generation: decoding options ``{do_sample, temperature, top_p, seed, batch_size}`` (greedy by default).
         output_name: stem of the output file, as in PVIT's ``pvit.jsonl`` / ``llava.jsonl``.
     """
     from pvit_evaluators.fine_eval import FineEvalEvaluator
 
     data = {"name": dataset, "options": dict(dataset_options or {})}
-    return FineEvalEvaluator("fine-eval", data, max_new_tokens, output_name=output_name)
+    ev = FineEvalEvaluator("fine-eval", data, max_new_tokens, output_name=output_name)
+    ev.generation = dict(generation or {})
+    return ev
 
 
 @pvit.hookimpl
