@@ -518,7 +518,7 @@ def set_trainable(model: PVITModel, slots: list[str], where: str = "stage") -> T
             p.requires_grad_(True)
         counts[s] = sum(p.numel() for p in params)
     if "new_token_embeddings" in slots:
-        rows = torch.tensor(model.new_token_ids, dtype=torch.long)
+        rows = torch.tensor(model.trainable_token_ids, dtype=torch.long)
         n = 0
         for w in model.slot_parameters("new_token_embeddings"):
             if w.requires_grad:  # the whole LLM trains already

@@ -82,6 +82,13 @@ class PVITModel(nn.Module):
         return cls(llm, image_encoder, region_encoder, projector, region_projector, bbox_embed=model_cfg.bbox_embed)
 
     @property
+    def trainable_token_ids(self) -> list[int]:
+        """Added tokens whose embedding rows the ``new_token_embeddings`` slot trains: the region tags and
+        location tokens; the placeholders are left out, since their embeddings are always overwritten."""
+        placeholders = {self.image_patch_id, self.region_patch_id}
+        return [i for i in self.new_token_ids if i not in placeholders]
+
+    @property
     def tokens_per_region(self) -> int:
         return int(self.region_encoder.tokens_per_region) if self.region_encoder is not None else 0
 

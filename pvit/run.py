@@ -153,7 +153,7 @@ def plan_model(model, cfg) -> Plan:
             if s == "new_token_embeddings":
                 if "llm" in st.trainable:
                     continue
-                k = len(model.new_token_ids) * emb_dim * len(model.slot_parameters(s))
+                k = len(model.trainable_token_ids) * emb_dim * len(model.slot_parameters(s))
             else:
                 ps = [p for p in model.slot_parameters(s) if id(p) not in seen]
                 seen.update(id(p) for p in ps)

@@ -71,7 +71,7 @@ def test_stage1_changes_only_region_projector_and_new_token_rows(tmp_path):
     # the tiny LLM ties its output embedding to the input one, so both names show the same change
     assert changed - region_proj == {emb, "llm.model.lm_head.weight"}, changed - region_proj
     diff_rows = (before[emb] != after[emb]).any(1).nonzero().flatten().tolist()
-    assert diff_rows and set(diff_rows) <= set(model.new_token_ids)
+    assert diff_rows and set(diff_rows) <= set(model.trainable_token_ids)
     # only these required gradients during the stage (the embedding matrix gets a row-masked gradient)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.region_projector.named_parameters(prefix="region_projector")} | {emb}
