@@ -32,7 +32,7 @@ def setup(recipe: Path, stage_index: int):
     import pvit
     from pvit.data.templates import get_template
     from pvit.evaluate import make_collator
-    from pvit.model import _plain
+    from pvit.recipe import options_of
     from pvit.recipe import load_recipe
     from pvit.run import build_model
 
@@ -40,7 +40,7 @@ def setup(recipe: Path, stage_index: int):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     stage = cfg.stages[stage_index]
-    dataset = pvit.build("dataset", stage.data.name, **_plain(dict(stage.data.options or {})))
+    dataset = pvit.build("dataset", stage.data.name, **options_of(stage.data))
     collator = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                              cfg.model.region_policy, generate=False)
     return cfg, model, stage, dataset, collator

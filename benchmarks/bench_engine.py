@@ -35,7 +35,7 @@ def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
     import pvit
     from pvit.data.templates import get_template
     from pvit.evaluate import make_collator
-    from pvit.model import _plain
+    from pvit.recipe import options_of
     from pvit.run import build_model
 
     loaded = pvit.load_recipe(recipe, [*overrides, f"stages.{stage}.optim.batch_size={batch}",
@@ -45,7 +45,7 @@ def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     st = cfg.stages[stage]
-    ds = pvit.build("dataset", st.data.name, **_plain(dict(st.data.options)))
+    ds = pvit.build("dataset", st.data.name, **options_of(st.data))
     col = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                         "error", generate=False)
     return cfg, model, st, ds, col

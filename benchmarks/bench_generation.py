@@ -26,7 +26,7 @@ def setup(recipe: Path, n: int):
     import pvit
     from pvit.data.templates import get_template
     from pvit.evaluate import make_collator
-    from pvit.model import _plain
+    from pvit.recipe import options_of
     from pvit.recipe import load_recipe
     from pvit.run import build_model
 
@@ -34,7 +34,7 @@ def setup(recipe: Path, n: int):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).eval()
     ev = cfg.eval[0]
-    evaluator = pvit.build("evaluator", ev.name, **_plain(dict(ev.options or {})))
+    evaluator = pvit.build("evaluator", ev.name, **options_of(ev))
     data = dict(evaluator.data)
     dataset = pvit.build("dataset", data["name"], **dict(data.get("options") or {}))
     collator = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,

@@ -14,14 +14,14 @@ COUNTS = ("samples", "checked", "with_image", "text_only", "regions", "invalid_b
 
 
 def _datasets(cfg) -> list[tuple[str, str, dict]]:
-    from pvit.model import _plain
+    from pvit.recipe import options_of
     from pvit.plugins import build
 
     out = []
     for i, st in enumerate(cfg.stages):
-        out.append((f"stages[{i}] {st.name}", st.data.name, _plain(dict(st.data.options or {}))))
+        out.append((f"stages[{i}] {st.name}", st.data.name, options_of(st.data)))
     for i, ev in enumerate(cfg.eval):
-        evaluator = build("evaluator", ev.name, where=f"eval[{i}]", **_plain(dict(ev.options or {})))
+        evaluator = build("evaluator", ev.name, where=f"eval[{i}]", **options_of(ev))
         data = dict(evaluator.data)
         out.append((f"eval[{i}] {ev.name}", data["name"], dict(data.get("options") or {})))
     return out

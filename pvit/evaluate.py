@@ -11,7 +11,8 @@ import torch
 
 from pvit.checkpoints import atomic_write_text
 from pvit.data.collate import Collator
-from pvit.model import PVITModel, _plain, batch_to
+from pvit.model import PVITModel, batch_to
+from pvit.recipe import options_of
 from pvit.plugins import build
 
 #: Decoding options an evaluator may carry (as attributes, or in a ``generation`` dict attribute), with the
@@ -193,7 +194,7 @@ def run_evaluations(model: PVITModel, eval_cfgs: list, template, *, max_length: 
     results: dict[str, Any] = {}
     collator = make_collator(model, template, max_length, region_policy, generate=True)
     for i, ev_cfg in enumerate(eval_cfgs):
-        options = _plain(dict(ev_cfg.options or {}))
+        options = options_of(ev_cfg)
         evaluator = build("evaluator", ev_cfg.name, where=f"eval[{i}]", **options)
         data = dict(evaluator.data)
         dataset = build("dataset", data["name"], where=f"eval[{i}].data", **dict(data.get("options") or {}))

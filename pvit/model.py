@@ -10,6 +10,7 @@ from torch import nn
 from pvit.errors import SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs
 from pvit.plugins import build
+from pvit.recipe import options_of
 
 #: Model slots a stage may list in ``trainable``.
 SLOTS = ("image_encoder", "region_encoder", "projector", "region_projector", "llm", "new_token_embeddings", "bbox_embed")
@@ -57,28 +58,26 @@ class PVITModel(nn.Module):
     @classmethod
     def from_config(cls, model_cfg: Any) -> "PVITModel":
         """Build from a recipe's ``model`` section, wiring projector dimensions."""
-        def opts(c):
-            return dict(c.options) if c is not None and c.options is not None else {}
-
-        llm = build("llm", model_cfg.llm.name, where="model.llm", **_plain(opts(model_cfg.llm)))
+        llm = build("llm", model_cfg.llm.name, where="model.llm", **options_of(model_cfg.llm))
         image_encoder = None
         if model_cfg.image_encoder is not None:
             image_encoder = build("image_encoder", model_cfg.image_encoder.name, where="model.image_encoder",
-                                  **_plain(opts(model_cfg.image_encoder)))
+                                  **options_of(model_cfg.image_encoder))
         region_encoder = None
         if model_cfg.region_encoder is not None:
             extra = {"image_encoder": image_encoder} if image_encoder is not None else {}
             region_encoder = build("region_encoder", model_cfg.region_encoder.name, where="model.region_encoder",
-                                   **_plain(opts(model_cfg.region_encoder)), **extra)
+                                   **options_of(model_cfg.region_encoder), **extra)
         projector = None
         if image_encoder is not None:
             projector = build("projector", model_cfg.projector.name, where="model.projector",
-                              in_dim=image_encoder.out_dim, out_dim=llm.hidden_size, **_plain(opts(model_cfg.projector)))
+                              in_dim=image_encoder.out_dim, out_dim=llm.hidden_size,
+                              **options_of(model_cfg.projector))
         region_projector = None
         if region_encoder is not None and region_encoder.tokens_per_region > 0:
             region_projector = build("projector", model_cfg.region_projector.name, where="model.region_projector",
                                      in_dim=region_encoder.out_dim, out_dim=llm.hidden_size,
-                                     **_plain(opts(model_cfg.region_projector)))
+                                     **options_of(model_cfg.region_projector))
         return cls(llm, image_encoder, region_encoder, projector, region_projector, bbox_embed=model_cfg.bbox_embed)
 
     @property
@@ -222,14 +221,6 @@ class PVITModel(nn.Module):
             keep = [t for t in row[:cut] if t not in drop]
             texts.append(tok.decode(keep, skip_special_tokens=False).strip())
         return texts
-
-
-def _plain(options: dict) -> dict:
-    """OmegaConf containers -> plain Python (factories get dicts and lists)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
-            for k, v in options.items()}
 
 
 def batch_to(batch: dict, device) -> dict:

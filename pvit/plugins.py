@@ -261,7 +261,6 @@ def _fail(info: PluginInfo | None, plugin: str, error: str) -> None:
 
 def _run_hook(impl: Any, kind: str) -> list[tuple[str, Callable[..., Any]]]:
     """The (name, factory) pairs one hook implementation registers; raises PluginError on bad input."""
-    plugin = impl.plugin_name
     out: list[tuple[str, Callable[..., Any]]] = []
 
     def register(name: str, factory: Callable[..., Any]) -> None:

@@ -483,6 +483,17 @@ def _scrub(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
+def options_of(component: Any) -> dict:
+    """A recipe component's ``options`` as plain Python (dicts and lists, interpolations resolved): the keyword
+    arguments its factory gets."""
+    options = getattr(component, "options", None)
+    if options is None:
+        return {}
+    if isinstance(options, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(options, resolve=True)
+    return dict(options)
+
+
 def dump_yaml(cfg: DictConfig, resolve: bool = True) -> str:
     """YAML of ``cfg`` with secrets from the environment redacted.
 

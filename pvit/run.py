@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pvit.errors import MissingWeightsError, RecipeError, RunDirError
-from pvit.recipe import LoadedRecipe, dump_yaml
+from pvit.recipe import LoadedRecipe, dump_yaml, options_of
 
 #: Option keys whose string values name local files or folders (checked before any work starts).
 FILE_KEYS = {"path", "checkpoint", "pretrained", "annotations", "image_folder", "questions", "scene_graphs",
@@ -43,13 +43,12 @@ def component_entries(cfg) -> list[tuple[str, str, Any]]:
 def check_components(cfg) -> None:
     """Every component exists and its options fit its factory; all problems raised together."""
     from pvit.errors import UnknownComponentError
-    from pvit.model import _plain
     from pvit.plugins import check_options
 
     errors = []
     for where, kind, comp in component_entries(cfg):
         try:
-            errors += check_options(kind, comp.name, _plain(dict(comp.options or {})), where=where)
+            errors += check_options(kind, comp.name, options_of(comp), where=where)
         except UnknownComponentError as e:
             errors.append(str(e))
     names = [s.name for s in cfg.stages]
@@ -85,14 +84,11 @@ def _walk_files(node: Any, path: str, out: list[tuple[str, str]]) -> None:
 
 def missing_files(cfg) -> list[tuple[str, str]]:
     """(key path, value) of file options that name nothing on this machine (hub ids count as missing offline)."""
-    from omegaconf import OmegaConf
-
     from pvit.runtime import offline
 
     found: list[tuple[str, str]] = []
     for where, _kind, comp in component_entries(cfg):
-        _walk_files(OmegaConf.to_container(comp.options, resolve=True) if comp.options is not None else {},
-                    f"{where}.options", found)
+        _walk_files(options_of(comp), f"{where}.options", found)
     missing = []
     for key, value in found:
         p = Path(os.path.expanduser(value))
@@ -449,7 +445,6 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
     from pvit.data.templates import get_template
     from pvit.engine import barrier, resolve_strategy, run_stage
     from pvit.evaluate import make_collator, run_evaluations
-    from pvit.model import _plain
     from pvit.plugins import build
     from pvit.report import write_report
 
@@ -529,7 +524,7 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
             prev = json.loads((stage_dir / "stage.json").read_text()) if (stage_dir / "stage.json").is_file() else {}
             summary["stages"].append(prev)
             continue
-        dataset = build("dataset", st.data.name, where=f"stages[{i}].data", **_plain(dict(st.data.options or {})))
+        dataset = build("dataset", st.data.name, where=f"stages[{i}].data", **options_of(st.data))
         collator = make_collator(model, template, cfg.model.max_length, cfg.model.region_policy, generate=False)
         engine_dir = stage_dir / "engine"
         resume_from = None

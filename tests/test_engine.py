@@ -20,7 +20,7 @@ from pvit.data.templates import get_template
 from pvit.engine import run_stage, set_trainable
 from pvit.errors import RecipeError, RunDirError
 from pvit.evaluate import make_collator
-from pvit.model import _plain
+from pvit.recipe import options_of
 from pvit.run import build_model, run_recipe
 
 MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
@@ -51,7 +51,7 @@ def _stage_setup(loaded, index):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     st = cfg.stages[index]
-    ds = pvit.build("dataset", st.data.name, **_plain(dict(st.data.options)))
+    ds = pvit.build("dataset", st.data.name, **options_of(st.data))
     col = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                         "error", generate=False)
     return model, st, ds, col

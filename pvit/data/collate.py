@@ -431,8 +431,3 @@ def _check_box_count(texts: list[str], explicit, where: str) -> list:
             "'boxes'; each <Region>...</Region> mention needs exactly one box, in mention order"
         )
     return explicit
-
-
-def sample_texts(sample: dict) -> list[tuple[str, str]]:
-    """(role, text) of every turn of a raw sample."""
-    return [(str(t.get("from")), str(t.get("value", ""))) for t in sample.get("conversations") or []]
