@@ -30,18 +30,18 @@ TARGET = 5.0
 def setup(recipe: Path, stage_index: int):
     """(cfg, model, stage, dataset, collator) for one stage of ``recipe``."""
     import pvit
-    from pvit.data.templates import get_template
-    from pvit.evaluate import make_collator
+    from pvit.templates import get_template
+    from pvit.collate import Collator
     from pvit.recipe import options_of
     from pvit.recipe import load_recipe
-    from pvit.run import build_model
+    from pvit.compose import build_model
 
     cfg = load_recipe(recipe).cfg
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     stage = cfg.stages[stage_index]
     dataset = pvit.build("dataset", stage.data.name, **options_of(stage.data))
-    collator = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
+    collator = Collator.for_model(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                              cfg.model.region_policy, generate=False)
     return cfg, model, stage, dataset, collator
 

@@ -33,10 +33,10 @@ def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
     import torch
 
     import pvit
-    from pvit.data.templates import get_template
-    from pvit.evaluate import make_collator
+    from pvit.templates import get_template
+    from pvit.collate import Collator
     from pvit.recipe import options_of
-    from pvit.run import build_model
+    from pvit.compose import build_model
 
     loaded = pvit.load_recipe(recipe, [*overrides, f"stages.{stage}.optim.batch_size={batch}",
                                        "engine.num_workers=0", "engine.progress=false", "engine.tensorboard=false",
@@ -46,7 +46,7 @@ def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
     model = build_model(cfg)
     st = cfg.stages[stage]
     ds = pvit.build("dataset", st.data.name, **options_of(st.data))
-    col = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
+    col = Collator.for_model(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                         "error", generate=False)
     return cfg, model, st, ds, col
 
@@ -79,7 +79,7 @@ def _hand_steps(recipe, overrides, batch, steps, warm) -> float:
     """Seconds per step of a minimal PyTorch loop over the same model, trainable set, loader and optimizer."""
     import torch
 
-    from pvit.engine import _param_groups, make_loader, set_trainable
+    from pvit.engine import param_groups, make_loader, set_trainable
     from pvit.model import batch_to
 
     cfg, model, st, ds, col = _setup(recipe, overrides, 2, batch)
@@ -88,7 +88,7 @@ def _hand_steps(recipe, overrides, batch, steps, warm) -> float:
     for slot in ("image_encoder", "region_encoder"):
         if getattr(model, slot, None) is not None and slot not in st.trainable:
             getattr(model, slot).eval()
-    opt = torch.optim.AdamW(_param_groups(model, st.optim.weight_decay), lr=st.optim.lr, betas=tuple(st.optim.betas))
+    opt = torch.optim.AdamW(param_groups(model, st.optim.weight_decay), lr=st.optim.lr, betas=tuple(st.optim.betas))
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.llm.parameters()).device
     it = iter(make_loader(ds, col, batch_size=batch, seed=0))
@@ -135,7 +135,7 @@ def _memory_child(kind: str, batch: int) -> dict:
     """One measurement in a fresh process: peak memory of a training step above the memory before it."""
     import torch
 
-    from pvit.engine import _param_groups, set_trainable
+    from pvit.engine import param_groups, set_trainable
     from pvit.model import batch_to
 
     cfg, model, st, ds, col = _setup(TINY, [], 1, batch)  # stage 1: region projector + new token rows
@@ -147,7 +147,7 @@ def _memory_child(kind: str, batch: int) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model.to(device)
-    opt = torch.optim.AdamW(_param_groups(model, 0.0), lr=1e-4)
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4)
     b = batch_to(col([ds[i] for i in range(batch)]), device)
     ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]
 

@@ -24,11 +24,11 @@ TARGET = 4.0
 def setup(recipe: Path, n: int):
     """(model, collator, prompts): the recipe's model and ``n`` samples of its first evaluator's dataset."""
     import pvit
-    from pvit.data.templates import get_template
-    from pvit.evaluate import make_collator
+    from pvit.templates import get_template
+    from pvit.collate import Collator
     from pvit.recipe import options_of
     from pvit.recipe import load_recipe
-    from pvit.run import build_model
+    from pvit.compose import build_model
 
     cfg = load_recipe(recipe).cfg
     torch.manual_seed(cfg.seed)
@@ -37,7 +37,7 @@ def setup(recipe: Path, n: int):
     evaluator = pvit.build("evaluator", ev.name, **options_of(ev))
     data = dict(evaluator.data)
     dataset = pvit.build("dataset", data["name"], **dict(data.get("options") or {}))
-    collator = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
+    collator = Collator.for_model(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
                              cfg.model.region_policy, generate=True)
     return model, collator, [dataset[i] for i in range(n)], evaluator
 

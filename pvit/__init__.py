@@ -7,7 +7,7 @@ Heavy libraries (torch, transformers) are imported only when a component is buil
 from __future__ import annotations
 
 from pvit.hookspecs import hookimpl
-from pvit.plugins import KINDS, build, components
+from pvit.registry import KINDS, build, components
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "__version__"]

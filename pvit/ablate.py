@@ -9,18 +9,17 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from pvit.checkpoints import atomic_write_text
+from pvit.atomic import atomic_write_text
 from pvit.recipe import load_recipe
-
-#: Slots whose training makes a stage depend on the region encoder.
-REGION_SLOTS = {"region_encoder", "region_projector", "new_token_embeddings", "bbox_embed"}
-
+from pvit.rundir import RunDir
 
 def shared_prefix(cfg) -> int:
     """Number of leading stages that do not involve the region encoder (run once, reused by every variant)."""
+    from pvit.slots import depends_on_regions
+
     n = 0
     for st in cfg.stages:
-        if REGION_SLOTS & set(st.trainable):
+        if depends_on_regions(list(st.trainable)):
             break
         n += 1
     return n
@@ -66,7 +65,7 @@ def run_ablation(recipe: Path, encoders: list[str], *, seeds: int = 1, overrides
                 log(f"ablate: {v} (seed {seed})")
             summary = run_recipe(loaded, overwrite=True, log=log)
             if v == base_name and k > 0:
-                shared_export = Path(summary["run_dir"]) / "stages" / f"{k - 1}-{loaded.cfg.stages[k - 1].name}" / "export"
+                shared_export = RunDir(summary["run_dir"]).export(k - 1, loaded.cfg.stages[k - 1].name)
             results[v].append(summary)
     table = ablation_table(results)
     root.mkdir(parents=True, exist_ok=True)
@@ -113,18 +112,20 @@ def evaluate_checkpoint(recipe: Path, checkpoints: list[Path], *, out: Path | No
                         log: Callable[[str], None] = print) -> dict:
     """Build the recipe's model, load exported stage weights in order, run the recipe's ``eval:`` list."""
     from pvit.checkpoints import load_export
-    from pvit.data.templates import get_template
+    from pvit.compose import build_model
+    from pvit.device import resolve_device
     from pvit.errors import RecipeError
     from pvit.evaluate import run_evaluations
+    from pvit.preflight import check_components
     from pvit.report import write_report
-    from pvit.run import build_model, check_components
+    from pvit.templates import get_template
 
     loaded = load_recipe(recipe, list(overrides))
     cfg = loaded.cfg
     check_components(cfg)
     if not cfg.eval:
         raise RecipeError(f"{recipe}: the recipe has no eval: list")
-    model = build_model(cfg)
+    model = build_model(cfg).to(resolve_device(cfg.engine.device))
     for c in checkpoints:
         load_export(model, c)
         log(f"loaded {c}")

@@ -3,48 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from pvit.atomic import atomic_write_bytes, atomic_write_text
 from pvit.errors import CheckpointError
 from pvit.model import PVITModel
+from pvit.slots import select, state_names
 
 WEIGHTS = "weights.safetensors"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def trained_state(model: PVITModel, slots: list[str]) -> dict[str, torch.Tensor]:
     """The state (parameters and buffers) of the modules a stage trained, shared tensors saved once."""
     state: dict[str, torch.Tensor] = {}
-    prefixes = []
-    for s in slots:
-        if s == "new_token_embeddings":
-            for w in model.slot_parameters(s):
-                for n, p in model.named_parameters(remove_duplicate=False):
-                    if p is w:
-                        prefixes.append(n)
-                        break
-        elif getattr(model, s, None) is not None:
-            prefixes.append(s + ".")
+    prefixes = state_names(model, select(model, slots))
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
-        if any(name == p or name.startswith(p) for p in prefixes):
+        if any(name == p or (p.endswith(".") and name.startswith(p)) for p in prefixes):
             key = (t.data_ptr(), t.shape, t.stride()) if t.numel() else None
             if key is not None and key in seen:
                 continue
@@ -111,6 +88,7 @@ def load_export(model: PVITModel, path: str | Path) -> list[str]:
     with torch.no_grad():
         for k, v in state.items():
             target = own[k]
+            v = v.to(target.device)  # a model on another device (engine.device) than the file's CPU tensors
             if target.shape == v.shape:
                 target.copy_(v.to(target.dtype))
             elif k in emb and target.shape[1:] == v.shape[1:]:
@@ -118,10 +96,10 @@ def load_export(model: PVITModel, path: str | Path) -> list[str]:
                     src_vocab = _vocab(tok_dir)
                 dst_vocab = model.llm.tokenizer.get_vocab()
                 pairs = [(dst_vocab[t], i) for t, i in src_vocab.items() if t in dst_vocab and i < v.shape[0]]
-                dst = torch.tensor([d for d, _ in pairs])
-                src = torch.tensor([s for _, s in pairs])
+                dst = torch.tensor([d for d, _ in pairs], device=target.device)
+                src = torch.tensor([s for _, s in pairs], device=target.device)
                 target[dst] = v[src].to(target.dtype)
-                uncovered = torch.ones(target.shape[0], dtype=torch.bool)
+                uncovered = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
                 uncovered[dst] = False
                 if uncovered.any():  # tokens the source never had start at the mean of the loaded rows
                     target[uncovered] = target[dst].mean(0, keepdim=True)

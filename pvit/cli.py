@@ -85,7 +85,7 @@ def _print_results(summary: dict) -> None:
 def _check_components(loaded) -> None:
     """Every component the recipe names exists and takes its options; errors name the recipe file."""
     from pvit.errors import RecipeError
-    from pvit.run import check_components
+    from pvit.preflight import check_components
 
     try:
         check_components(loaded.cfg)
@@ -110,7 +110,8 @@ def run(
         loaded = load_recipe(recipe, overrides or [])
         _check_components(loaded)
         if dry_run:
-            from pvit.run import make_plan, missing_files
+            from pvit.plan import make_plan
+            from pvit.preflight import missing_files
 
             typer.echo(loaded.to_yaml())
             plan = make_plan(loaded.cfg)

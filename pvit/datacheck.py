@@ -15,7 +15,7 @@ COUNTS = ("samples", "checked", "with_image", "text_only", "regions", "invalid_b
 
 def _datasets(cfg) -> list[tuple[str, str, dict]]:
     from pvit.recipe import options_of
-    from pvit.plugins import build
+    from pvit.registry import build
 
     out = []
     for i, st in enumerate(cfg.stages):
@@ -30,7 +30,7 @@ def _datasets(cfg) -> list[tuple[str, str, dict]]:
 def counting_options(name: str, options: dict) -> dict:
     """``options`` with the dataset's region policy set to ``drop`` where it would be ``error``, so that every
     invalid box is counted instead of the check stopping at the first (``clip`` is kept as the recipe says)."""
-    from pvit.plugins import accepted_options, get_component
+    from pvit.registry import accepted_options, get_component
 
     names, _, var_kw = accepted_options(get_component("dataset", name).factory)
     if ("region_policy" in names or var_kw) and options.get("region_policy", "error") == "error":
@@ -107,11 +107,12 @@ def check_data(recipe: Path, overrides=(), *, limit: int | None = None,
     Returns ``{"<where> ": {"dataset": name, "counts": {...}, "problems": [...]}}`` and logs one summary
     line per dataset plus up to five example problems each.
     """
-    from pvit.data.templates import get_template
-    from pvit.evaluate import make_collator
-    from pvit.plugins import build
+    from pvit.templates import get_template
+    from pvit.collate import Collator
+    from pvit.registry import build
     from pvit.recipe import load_recipe
-    from pvit.run import build_model, check_components
+    from pvit.compose import build_model
+    from pvit.preflight import check_components
 
     loaded = load_recipe(recipe, list(overrides))
     cfg = loaded.cfg
@@ -122,7 +123,7 @@ def check_data(recipe: Path, overrides=(), *, limit: int | None = None,
     for where, name, options in _datasets(cfg):
         dataset = build("dataset", name, where=where, **counting_options(name, options))
         generate = where.startswith("eval")
-        collator = make_collator(model, template, cfg.model.max_length, "drop", generate=generate)
+        collator = Collator.for_model(model, template, cfg.model.max_length, "drop", generate=generate)
         res = check_dataset(dataset, collator, limit=limit)
         report[where] = {"dataset": name, **res}
         log(summary_line(where, name, res["counts"]))

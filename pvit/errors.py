@@ -40,7 +40,7 @@ class ComponentOptionError(PvitError):
 
 
 class InvalidRegionError(PvitError, ValueError):
-    """A region box or mention is malformed (see RELIABILITY.md item 17)."""
+    """A region box or mention is malformed (see the Reliability page, item 17)."""
 
 
 class DataError(PvitError):
@@ -61,3 +61,14 @@ class CheckpointError(PvitError):
 
 class MissingWeightsError(PvitError):
     """Files a recipe needs (weights, data) are not on this machine."""
+
+
+def did_you_mean(word: object, options, template: str = "; did you mean {!r}?") -> str:
+    """``template`` filled with the closest of ``options`` to ``word`` (difflib), or ``""`` when none is close.
+
+    The one place messages get their "did you mean" from: ``f"unknown slot {s!r}{did_you_mean(s, SLOTS)}"``.
+    """
+    import difflib
+
+    guess = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return template.format(guess[0]) if guess else ""

@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 import torch
 
-from pvit.checkpoints import atomic_write_text
-from pvit.data.collate import Collator
+from pvit.atomic import atomic_write_text
+from pvit.collate import Collator
 from pvit.model import PVITModel, batch_to
 from pvit.recipe import options_of
-from pvit.plugins import build
+from pvit.registry import build
 
 #: Decoding options an evaluator may carry (as attributes, or in a ``generation`` dict attribute), with the
 #: values used when it does not: greedy decoding, 16 prompts per batch.
@@ -21,20 +21,6 @@ GENERATION_DEFAULTS: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "
                                        "batch_size": 16}
 #: Box used to show, in each protocol, how the model's region encoder renders a region mention.
 EXAMPLE_BOX = (0.1, 0.2, 0.5, 0.6)
-
-
-def make_collator(model: PVITModel, template, max_length: int, region_policy: str, generate: bool) -> Collator:
-    """The collator that matches ``model``'s components."""
-    return Collator(
-        model.llm.tokenizer,
-        template,
-        image_transform=model.image_encoder.transform if model.image_encoder is not None else None,
-        num_image_tokens=model.num_image_tokens,
-        region_encoder=model.region_encoder,
-        max_length=max_length,
-        region_policy=region_policy,
-        generate=generate,
-    )
 
 
 def generation_options(evaluator) -> dict[str, Any]:
@@ -192,7 +178,7 @@ def run_evaluations(model: PVITModel, eval_cfgs: list, template, *, max_length: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    collator = make_collator(model, template, max_length, region_policy, generate=True)
+    collator = Collator.for_model(model, template, max_length, region_policy, generate=True)
     for i, ev_cfg in enumerate(eval_cfgs):
         options = options_of(ev_cfg)
         evaluator = build("evaluator", ev_cfg.name, where=f"eval[{i}]", **options)

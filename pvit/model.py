@@ -9,17 +9,11 @@ from torch import nn
 
 from pvit.errors import SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs
-from pvit.plugins import build
-from pvit.recipe import options_of
-
-#: Model slots a stage may list in ``trainable``.
-SLOTS = ("image_encoder", "region_encoder", "projector", "region_projector", "llm", "new_token_embeddings", "bbox_embed")
-
 
 class PVITModel(nn.Module):
     """Image encoder + region encoder + projectors + LLM.
 
-    ``forward(batch)`` takes a batch from [Collator][pvit.data.collate.Collator] and returns the LM output
+    ``forward(batch)`` takes a batch from [Collator][pvit.collate.Collator] and returns the LM output
     (with ``loss`` when the batch has labels). Projected image features replace the ``<im_patch>``
     placeholders and projected region features (plus the optional box-position embedding) replace the
     ``<region_patch>`` placeholders, each with one vectorised masked assignment after a count check.
@@ -54,32 +48,6 @@ class PVITModel(nn.Module):
             nn.init.zeros_(self.bbox_embed.weight)
             nn.init.zeros_(self.bbox_embed.bias)
 
-    # --------------------------------------------------------------------------------------------- build
-    @classmethod
-    def from_config(cls, model_cfg: Any) -> "PVITModel":
-        """Build from a recipe's ``model`` section, wiring projector dimensions."""
-        llm = build("llm", model_cfg.llm.name, where="model.llm", **options_of(model_cfg.llm))
-        image_encoder = None
-        if model_cfg.image_encoder is not None:
-            image_encoder = build("image_encoder", model_cfg.image_encoder.name, where="model.image_encoder",
-                                  **options_of(model_cfg.image_encoder))
-        region_encoder = None
-        if model_cfg.region_encoder is not None:
-            extra = {"image_encoder": image_encoder} if image_encoder is not None else {}
-            region_encoder = build("region_encoder", model_cfg.region_encoder.name, where="model.region_encoder",
-                                   **options_of(model_cfg.region_encoder), **extra)
-        projector = None
-        if image_encoder is not None:
-            projector = build("projector", model_cfg.projector.name, where="model.projector",
-                              in_dim=image_encoder.out_dim, out_dim=llm.hidden_size,
-                              **options_of(model_cfg.projector))
-        region_projector = None
-        if region_encoder is not None and region_encoder.tokens_per_region > 0:
-            region_projector = build("projector", model_cfg.region_projector.name, where="model.region_projector",
-                                     in_dim=region_encoder.out_dim, out_dim=llm.hidden_size,
-                                     **options_of(model_cfg.region_projector))
-        return cls(llm, image_encoder, region_encoder, projector, region_projector, bbox_embed=model_cfg.bbox_embed)
-
     @property
     def trainable_token_ids(self) -> list[int]:
         """Added tokens whose embedding rows the ``new_token_embeddings`` slot trains: the region tags and
@@ -94,17 +62,6 @@ class PVITModel(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return int(self.image_encoder.num_tokens) if self.image_encoder is not None else 0
-
-    def slot_parameters(self, slot: str) -> list[nn.Parameter]:
-        """Parameters of a model slot (see ``SLOTS``); ``new_token_embeddings`` is the LLM's embedding matrices."""
-        if slot == "new_token_embeddings":
-            emb = [self.llm.model.get_input_embeddings().weight]
-            out = self.llm.model.get_output_embeddings()
-            if out is not None and out.weight is not emb[0]:
-                emb.append(out.weight)
-            return emb
-        module = getattr(self, slot, None)
-        return list(module.parameters()) if module is not None else []
 
     # --------------------------------------------------------------------------------------------- forward
     def _check_counts(self, input_ids, token_id, expected, what, ids):
@@ -178,7 +135,7 @@ class PVITModel(nn.Module):
         """Continue every prompt of a left-padded batch with the KV cache; returns one decoded reply per row.
 
         Args:
-            batch: a [Collator][pvit.data.collate.Collator] batch built with ``generate=True``: ``input_ids``
+            batch: a [Collator][pvit.collate.Collator] batch built with ``generate=True``: ``input_ids``
                 and ``attention_mask`` (B, T), left padded, plus pixels / boxes as in ``forward``.
             max_new_tokens: the budget per reply (the evaluator's); rows that end earlier are padded.
             do_sample: sample instead of greedy decoding.

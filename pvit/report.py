@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pvit.checkpoints import atomic_write_text
+from pvit.atomic import atomic_write_text
 
 
 def metrics_rows(summary: dict) -> list[tuple[str, str, float]]:

@@ -41,4 +41,4 @@ def test_ablate_cli_runs_variants_and_prints_one_table(tmp_path):
     assert out.count("reuses the shared stages") == 2  # the alignment stage ran once
     table = (tmp_path / "abl-ablation" / "ablation.md").read_text()
     assert "| text-coords |" in table
-    assert not (tmp_path / "abl-ablation" / "none-seed0" / "stages" / "0-align").exists()
+    assert not (tmp_path / "abl-ablation" / "none-seed0" / "stages" / "1-align").exists()

@@ -109,6 +109,6 @@ def test_dry_run_of_the_tiny_recipe_prints_the_plan(monkeypatch):
     counts = [int(rows[s][2].replace(",", "")) for s in ("image_encoder", "region_encoder", "projector",
                                                         "region_projector", "llm", "bbox_embed")]
     assert int(rows["total"][2].replace(",", "")) == sum(counts)
-    for stage in ("align", "stage1", "stage2"):
+    for stage in ("align", "region-align", "instruct"):
         assert rows[stage][1] == "synth-regions" and int(rows[stage][3].replace(",", "")) > 0
     assert (ROOT / "runs" / "pvit-tiny").exists() == existed  # a dry run creates no run directory

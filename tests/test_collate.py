@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import pvit
-from pvit.data.collate import IGNORE_INDEX, Collator
-from pvit.data.templates import ChatTemplate, get_template
+from pvit.collate import IGNORE_INDEX, Collator
+from pvit.templates import ChatTemplate, get_template
 from pvit.errors import DataError, InvalidRegionError, SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START
 from pvit.regions import format_pvit
@@ -407,7 +407,7 @@ def test_box_covers_the_same_pixels_after_regionclip_resize_and_pad(regionclip, 
 
 
 def test_text_only_samples_pass_through_a_region_dataset_and_a_mixed_batch_trains(tmp_path):
-    from pvit.model import PVITModel
+    from pvit.compose import build_model
     from omegaconf import OmegaConf
 
     path, folder = _write_stage(tmp_path, {"a.png": _png(), "text": None, "b.png": _png((30, 12)), "text2": None})
@@ -417,7 +417,7 @@ def test_text_only_samples_pass_through_a_region_dataset_and_a_mixed_batch_train
     ds = pvit.build("dataset", "pvit-instruct", path=str(path), image_folder=str(folder))
     assert ds[1]["image"] is None
     torch.manual_seed(0)
-    model = PVITModel.from_config(OmegaConf.create({
+    model = build_model(OmegaConf.create({
         "llm": {"name": "hf-causal-lm", "options": {"config": {
             "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256},

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,50 +15,17 @@ from safetensors.torch import load_file
 
 import pvit
 from pvit.checkpoints import load_export
-from pvit.data.templates import get_template
 from pvit.engine import run_stage, set_trainable
 from pvit.errors import RecipeError, RunDirError
-from pvit.evaluate import make_collator
-from pvit.recipe import options_of
-from pvit.run import build_model, run_recipe
+from pvit.compose import build_model
+from pvit.run import run_recipe
 
-MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
-
-
-def one_stage_recipe(folder: Path, *, optim: str = "lr: 3.0e-3, max_steps: 6, batch_size: 4",
-                     engine: str = "checkpoint_every: 3, tensorboard: false", norm: str = "batch") -> Path:
-    """A one-stage recipe (micro's stage 2) written to ``folder``; shared by the test_engine_* files."""
-    path = folder / "one_stage.yaml"
-    path.write_text(f"""\
-base: {MICRO}
-model:
-  projector: {{options: {{input_norm: {norm}}}}}
-  region_projector: {{options: {{input_norm: {norm}}}}}
-stages:
-  - name: stage2
-    data: {{name: synth-regions, options: {{split: train, size: 64, task: all-region, image_size: 32}}}}
-    trainable: [projector, region_projector, llm, bbox_embed]
-    optim: {{{optim}}}
-eval: []
-engine: {{{engine}}}
-""")
-    return path
-
-
-def _stage_setup(loaded, index):
-    cfg = loaded.cfg
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    st = cfg.stages[index]
-    ds = pvit.build("dataset", st.data.name, **options_of(st.data))
-    col = make_collator(model, get_template(cfg.model.template, model.llm.tokenizer), cfg.model.max_length,
-                        "error", generate=False)
-    return model, st, ds, col
+from helpers import MICRO, stage_setup
 
 
 def test_stage1_changes_only_region_projector_and_new_token_rows(tmp_path):
     loaded = pvit.load_recipe(MICRO)
-    model, st, ds, col = _stage_setup(loaded, 1)
+    model, st, ds, col = stage_setup(loaded, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run_stage(model, st, dataset=ds, collator=col, work_dir=tmp_path / "engine", engine_cfg=loaded.cfg.engine,
               seed=0)
@@ -91,11 +57,11 @@ def test_two_stage_run_exports_and_next_stage_starts_from_them(tmp_path):
     loaded = pvit.load_recipe(MICRO, [f"run_dir={run_dir}"])
     summary = run_recipe(loaded, log=lambda *_: None)
     for i, name in enumerate(["align", "stage1", "stage2"]):
-        export = run_dir / "stages" / f"{i}-{name}" / "export"
+        export = run_dir / "stages" / f"{i + 1}-{name}" / "export"
         state = load_file(str(export / "weights.safetensors"))  # safetensors: no pickle
         assert state and all(torch.isfinite(t.float()).all() for t in state.values())
         assert (export / "tokenizer").is_dir()
-    s1 = load_file(str(run_dir / "stages/1-stage1/export/weights.safetensors"))
+    s1 = load_file(str(run_dir / "stages/2-stage1/export/weights.safetensors"))
     assert {k.split(".")[0] for k in s1} == {"region_projector", "llm"}
     for f in ("recipe.yaml", "resolved.yaml", "versions.json", "plugins.json", "metrics.json", "report.md",
               "plots/loss.png"):
@@ -105,7 +71,7 @@ def test_two_stage_run_exports_and_next_stage_starts_from_them(tmp_path):
 
     # a fresh model loading stage 1's export reproduces stage 1's trained tensors
     fresh = build_model(loaded.cfg)
-    load_export(fresh, run_dir / "stages/1-stage1/export")
+    load_export(fresh, run_dir / "stages/2-stage1/export")
     own = fresh.state_dict()
     for k, v in s1.items():
         assert torch.equal(own[k], v), k
@@ -122,7 +88,7 @@ def test_two_stage_run_exports_and_next_stage_starts_from_them(tmp_path):
 def test_stage_alone_with_init_from_an_export(tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(pvit.load_recipe(MICRO, [f"run_dir={run_dir}", "eval=[]"]), log=lambda *_: None)
-    export = run_dir / "stages/1-stage1/export"
+    export = run_dir / "stages/2-stage1/export"
     loaded = pvit.load_recipe(MICRO, [f"run_dir={tmp_path / 'alone'}", "eval=[]"])
     from pvit.ablate import keep_stages
 
@@ -152,24 +118,24 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
     killed = tmp_path / "killed"
     p = _run_cli([f"run_dir={killed}", *over], env)
-    ckpt = killed / "stages/2-stage2/engine" / f"iter_{k}.pth"
+    ckpt = killed / "stages/3-stage2/engine" / f"iter_{k}.pth"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
     assert ckpt.exists(), p.communicate()[0]
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert not (killed / "stages/2-stage2/export/weights.safetensors").exists()
+    assert not (killed / "stages/3-stage2/export/weights.safetensors").exists()
     p = _run_cli([f"run_dir={killed}", *over, "--resume", "auto"], env)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
 
-    s_losses = json.loads((straight / "stages/2-stage2/stage.json").read_text())["losses"]
-    r_losses = json.loads((killed / "stages/2-stage2/stage.json").read_text())["losses"]
+    s_losses = json.loads((straight / "stages/3-stage2/stage.json").read_text())["losses"]
+    r_losses = json.loads((killed / "stages/3-stage2/stage.json").read_text())["losses"]
     assert [i for i, _ in r_losses] == list(range(k + 1, 2 * k + 1))
     assert r_losses == s_losses[k:]
-    a = load_file(str(straight / "stages/2-stage2/export/weights.safetensors"))
-    b = load_file(str(killed / "stages/2-stage2/export/weights.safetensors"))
+    a = load_file(str(straight / "stages/3-stage2/export/weights.safetensors"))
+    b = load_file(str(killed / "stages/3-stage2/export/weights.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import pvit
 from pvit.run import run_recipe
-from test_engine import MICRO
+from helpers import MICRO
 
 pytestmark = pytest.mark.slow
 TOL = 2e-5
@@ -48,7 +48,7 @@ stages:
 eval: []
 engine: {{checkpoint_every: 3, tensorboard: false}}
 """
-STAGES = ("stages/0-stage1", "stages/1-stage2")
+STAGES = ("stages/1-stage1", "stages/2-stage2")
 HALF_BATCH = ["stages.0.optim.batch_size=2", "stages.1.optim.batch_size=2"]
 # FSDP cannot mask embedding rows (pvit refuses); the sharded strategies train stage 1's projector alone
 NO_ROWS = ["stages.0.trainable=[region_projector]"]
@@ -125,7 +125,7 @@ def test_two_processes_match_one_and_resume_exactly(strategy, recipe, reference,
             assert torch.allclose(weights[k], ref_weights[k], atol=TOL, rtol=0), k
     assert got[1][0][-1][1] < got[1][0][0][1] - 0.1  # stage 2 trained
     if strategy == "ddp":  # the row mask works under DDP: stage 1 changed only the added tokens' rows
-        from pvit.run import build_model
+        from pvit.compose import build_model
 
         torch.manual_seed(0)
         initial = build_model(pvit.load_recipe(recipe).cfg)
@@ -134,11 +134,11 @@ def test_two_processes_match_one_and_resume_exactly(strategy, recipe, reference,
         assert rows and set(rows) <= set(initial.new_token_ids)
     # only rank 0 wrote: provenance says 2 processes, nothing else in the run directory
     assert json.loads((run_dir / "launch.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["0-stage1", "1-stage2"]
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["1-stage1", "2-stage2"]
 
     _rewind(run_dir, 3)
     out = _torchrun(recipe, run_dir, f"engine.strategy={strategy}", *extra, "--resume", "auto")
-    assert "stage stage1: already finished" in out
+    assert "stage 1/2 stage1: already finished" in out
     resumed = _results(run_dir)[1]
     assert resumed[0] == got[1][0][3:]  # the same processes, the same arithmetic: exact
     for k in got[1][1]:

@@ -21,11 +21,12 @@ import pvit
 from pvit import engine
 from pvit.checkpoints import load_export
 from pvit.errors import CheckpointError, RunDirError
-from pvit.run import build_model, check_resume, run_recipe
-from test_engine import MICRO, one_stage_recipe
-from test_engine import _stage_setup as stage_setup
+from pvit.compose import build_model
+from pvit.resume import check_resume
+from pvit.run import run_recipe
+from helpers import MICRO, one_stage_recipe, stage_setup
 
-STAGE = "stages/0-stage2"
+STAGE = "stages/1-stage2"
 
 
 def _quiet(*_):
@@ -332,10 +333,10 @@ def test_gradient_accumulation_and_clipping(tmp_path):
             handle.remove()
         assert result.steps == accum and len(batches) == accum and len(steps) == 1  # one optimizer step
         engine.set_trainable(reference, list(st.trainable))
-        trainer = engine._wrap(reference, "fp32", list(st.trainable), 1).train()
+        trainer = engine.wrap_model(reference, "fp32", list(st.trainable), 1).train()
         for b in batches:
             (trainer(**b)["loss"] / accum).backward()
-        params = engine._param_groups(trainer, 0.0)
+        params = engine.param_groups(trainer, 0.0)
         expected = [p.grad for g in params for p in g["params"]]
         norm = torch.norm(torch.stack([g.norm() for g in expected]))
         if clip:
@@ -422,7 +423,7 @@ def test_frozen_encoders_keep_no_activations_for_backward():
     loaded = pvit.load_recipe(MICRO)
     model, st, ds, col = stage_setup(loaded, 1)
     engine.set_trainable(model, list(st.trainable))
-    trainer = engine._wrap(model, "fp32", list(st.trainable), 1).train()
+    trainer = engine.wrap_model(model, "fp32", list(st.trainable), 1).train()
     assert not model.image_encoder.training and not model.region_encoder.training
     inside, saved = [False], {"encoders": 0, "elsewhere": 0}
     for enc in (model.image_encoder, model.region_encoder):
@@ -441,7 +442,7 @@ def test_frozen_encoders_keep_no_activations_for_backward():
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    display = engine._Display("stage1", total=4, start=0, enabled=True, every=1)
+    display = engine.Display("stage1", total=4, start=0, enabled=True, every=1)
     assert display.bar is not None
     display.update(2, 1.2345, 1e-3, 3.0, 12.0)
     display.close()

@@ -14,8 +14,7 @@ from torch import nn
 import pvit
 from pvit import engine
 from pvit.errors import CheckpointError, RecipeError
-from test_engine import MICRO
-from test_engine import _stage_setup as stage_setup
+from helpers import MICRO, stage_setup
 
 CUDA = torch.cuda.is_available()
 
@@ -43,7 +42,7 @@ def _mmengine_resume_checkpoint(path):
 def test_resume_checkpoints_load_only_through_the_trusted_scheme(tmp_path):
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    engine._patch_mmengine()
+    engine.patch_mmengine()
     path = tmp_path / "iter_1.pth"
     _mmengine_resume_checkpoint(path)
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):  # the upstream problem
@@ -107,7 +106,7 @@ def test_fsdp_strategy_wraps_on_cpu_and_round_trips_optimizer_state(group, tmp_p
     from mmengine.optim import OptimWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    cls = engine._fsdp_strategy()
+    cls = engine.fsdp_strategy()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
     model[0].requires_grad_(False)
@@ -145,7 +144,7 @@ def test_fsdp_state_dicts_do_not_offload_on_cpu():
 
 def test_fsdp_refuses_row_masked_embeddings():
     loaded = pvit.load_recipe(_micro(), ["engine.strategy=fsdp"])
-    from pvit.run import build_model
+    from pvit.compose import build_model
 
     model = build_model(loaded.cfg)
     with pytest.raises(RecipeError, match="FSDP's flattened parameters bypass"):
@@ -158,7 +157,7 @@ def test_unknown_strategy_and_precision_are_recipe_errors():
         engine.resolve_strategy("fdsp", 1)
     assert engine.resolve_strategy("auto", 1) == "single" and engine.resolve_strategy("ddp", 2) == "ddp"
     loaded = pvit.load_recipe(_micro(), ["stages.0.optim.precision=fp16"])
-    from pvit.run import build_model
+    from pvit.compose import build_model
 
     with pytest.raises(RecipeError, match="precision: 'fp16' is not one of fp32, bf16"):
         engine.run_stage(build_model(loaded.cfg), loaded.cfg.stages[0], dataset=[{}], collator=None,

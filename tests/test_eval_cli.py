@@ -32,7 +32,7 @@ def test_pvit_eval_writes_metrics_per_sample_records_and_a_table(tmp_path):
     loaded = load_recipe(MICRO, ["eval=[]", f"run_dir={tmp_path / 'run'}", *steps])
     run_recipe(loaded, overwrite=True, log=lambda s: None)
     exports = sorted((tmp_path / "run" / "stages").glob("*/export"))
-    assert [p.parent.name for p in exports] == ["0-align", "1-stage1", "2-stage2"]
+    assert [p.parent.name for p in exports] == ["1-align", "2-stage1", "3-stage2"]
 
     fine = _fine_eval(tmp_path)
     evals = (f"eval=[{{name: synth-regions, options: {{split: test, size: 6, image_size: 32}}}}, "

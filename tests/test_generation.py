@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import pvit
-from pvit.data.collate import Collator
-from pvit.data.templates import get_template
+from pvit.collate import Collator
+from pvit.templates import get_template
 from pvit.evaluate import generate_records, generation_options, run_evaluations
+from pvit.compose import build_model
 from pvit.model import PVITModel
 from pvit.regions import format_pvit
 
@@ -24,7 +25,7 @@ REGION = {"none": None, "text-coords": {"name": "text-coords", "options": {"styl
 
 def build(region: str) -> PVITModel:
     torch.manual_seed(0)
-    return PVITModel.from_config(OmegaConf.create({
+    return build_model(OmegaConf.create({
         "llm": {"name": "hf-causal-lm", "options": {"config": LLM, "tokenizer": {"words": WORDS}}},
         "image_encoder": IMAGE, "region_encoder": REGION[region],
         "projector": {"name": "mlp2x-gelu", "options": {}}, "region_projector": {"name": "linear", "options": {}},

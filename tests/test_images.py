@@ -1,4 +1,4 @@
-"""pvit.images: every image fault becomes a DataError naming path and sample (RELIABILITY.md item 20)."""
+"""pvit.images: every image fault becomes a DataError naming path and sample (docs/reliability.md item 20)."""
 
 from __future__ import annotations
 

@@ -7,10 +7,11 @@ import torch
 from omegaconf import OmegaConf
 
 import pvit
-from pvit.data.collate import IGNORE_INDEX, Collator
-from pvit.data.templates import get_template
+from pvit.collate import IGNORE_INDEX, Collator
+from pvit.templates import get_template
 from pvit.errors import SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN
+from pvit.compose import build_model
 from pvit.model import PVITModel
 
 WORDS = ["what", "is", "the", "object", "in", "a", "red", "blue", "circle", "square", "color", "of", "image"]
@@ -58,7 +59,7 @@ def collator_for(model, generate=False):
 @pytest.fixture(scope="module")
 def llama_model():
     torch.manual_seed(0)
-    return PVITModel.from_config(model_cfg("llama", bbox_embed=True))
+    return build_model(model_cfg("llama", bbox_embed=True))
 
 
 def test_projector_dimensions_are_wired(llama_model):
@@ -110,7 +111,7 @@ def test_count_mismatch_names_sample_and_counts(llama_model):
 def test_tiny_model_trains_and_loss_falls(arch):
     """A PVIT model (image + region encoder + projectors + LLM) fits a tiny batch with each architecture."""
     torch.manual_seed(0)
-    m = PVITModel.from_config(model_cfg(arch))
+    m = build_model(model_cfg(arch))
     m.train()
     batch = collator_for(m)([sample(i, color=["red", "blue"][i % 2]) for i in range(4)])
     params = [p for p in m.parameters() if p.requires_grad]
@@ -128,7 +129,7 @@ def test_tiny_model_trains_and_loss_falls(arch):
 def test_llava_style_model_without_region_encoder_trains():
     """Image encoder + projector + LLM only: the alignment stage's model."""
     torch.manual_seed(0)
-    m = PVITModel.from_config(model_cfg("llama", region=None))
+    m = build_model(model_cfg("llama", region=None))
     assert m.region_projector is None and m.tokens_per_region == 0
     col = collator_for(m)
     data = [{"id": str(i), "image": sample(i)["image"], "conversations": [

@@ -1,4 +1,4 @@
-"""Plugin loading and the registry under bad input (RELIABILITY.md items 9, 13-16) and the built-in plugins."""
+"""Plugin loading and the registry under bad input (docs/reliability.md items 9, 13-16) and the built-in plugins."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_entry_point_that_fails_is_reported_and_the_others_load(fresh, tmp_path,
 
 
 def test_recipe_needing_a_failed_plugin_names_it(fresh, tmp_path):
-    from pvit.run import check_components
+    from pvit.preflight import check_components
 
     fresh.syspath_prepend(str(fake_distribution(tmp_path, "pvit-broken-fake", "broken", "pvit_fake_broken",
                                                 BROKEN_IMPORT)))
@@ -205,8 +205,10 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(registered):
     assert "'test-dup-a'" in str(e.value) and "'test-dup-b'" in str(e.value)
     assert "dup-proj" not in pvit.components("projector")
     assert infos["test-dup-a"].status == infos["test-dup-b"].status == "conflict"
-    assert pvit.build("projector", "only-b", in_dim=4, out_dim=2, scale=2.0) is not None  # the rest works
-    assert pvit.build("projector", "linear", in_dim=4, out_dim=2) is not None
+    only_b = pvit.build("projector", "only-b", in_dim=4, out_dim=2, scale=2.0)  # the rest works
+    assert (only_b.scale, only_b.linear.in_features, only_b.linear.out_features) == (2.0, 4, 2)
+    linear = pvit.build("projector", "linear", in_dim=4, out_dim=2)
+    assert (linear.name, linear.in_dim, linear.out_dim) == ("linear", 4, 2)
 
 
 def test_clash_with_a_builtin_names_both_and_clears_when_removed(registered):
@@ -281,7 +283,7 @@ def test_load_plugins_env_restricts_loading(fresh):
     assert infos["projectors"].status == infos["hf"].status == "ok"
     assert infos["regionclip"].status == "skipped" and "PVIT_LOAD_PLUGINS" in infos["regionclip"].error
     assert pvit.components("region_encoder") == {}
-    assert set(pvit.components("projector")) >= {"linear", "mlp2x-gelu"}
+    assert set(pvit.components("projector")) == {"linear", "mlp2x-gelu"}
     with pytest.raises(UnknownComponentError, match="not loaded because of PVIT_LOAD_PLUGINS: .*regionclip"):
         pvit.build("region_encoder", "regionclip")
 
@@ -318,7 +320,7 @@ def test_unknown_option_lists_accepted_ones():
 
 
 def test_recipe_options_are_checked_with_key_paths():
-    from pvit.run import check_components
+    from pvit.preflight import check_components
 
     loaded = pvit.load_recipe(TINY, ["model.projector.options.in_dim=8", "model.region_projector.options.hiden_dim=8"])
     with pytest.raises(RecipeError) as e:
@@ -333,7 +335,7 @@ def test_recipe_options_are_checked_with_key_paths():
 def test_throwaway_plugin_is_used_by_a_recipe(registered):
     import torch
 
-    from pvit.run import check_components
+    from pvit.preflight import check_components
 
     class ScaledLinearPlugin:
         @pvit.hookimpl
@@ -356,3 +358,14 @@ def test_throwaway_plugin_is_used_by_a_recipe(registered):
     plugins.unregister_plugin("test-scaled-linear")
     with pytest.raises(UnknownComponentError):
         pvit.build("projector", "scaled-linear", in_dim=6, out_dim=3)
+
+
+def test_registry_names_stay_importable_from_pvit_plugins():
+    from pvit import registry
+
+    names = ("KINDS", "WIRED_OPTIONS", "Component", "accepted_options", "build", "check_options", "components",
+             "get_component", "registry")
+    assert all(getattr(plugins, n) is getattr(registry, n) for n in names)
+    assert (pvit.build, pvit.components, pvit.KINDS) == (registry.build, registry.components, registry.KINDS)
+    with pytest.raises(AttributeError, match="no attribute 'bulid'"):
+        plugins.bulid

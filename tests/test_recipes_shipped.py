@@ -8,7 +8,9 @@ import pytest
 
 import pvit
 from pvit.errors import MissingWeightsError
-from pvit.run import check_components, make_plan, missing_files, run_recipe
+from pvit.plan import make_plan
+from pvit.preflight import check_components, missing_files
+from pvit.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml"))

@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 import pvit
-from pvit.data.collate import Collator
-from pvit.data.templates import get_template
-from pvit.model import PVITModel
+from pvit.collate import Collator
+from pvit.templates import get_template
+from pvit.compose import build_model
 from pvit.testing import check_region_encoder
 
 TINY_IMAGE = {"name": "openclip-vit",
@@ -83,7 +83,7 @@ def test_tiny_model_with_each_encoder_learns(name):
         "region_projector": {"name": "linear", "options": {"input_norm": "batch"}},
         "bbox_embed": False,
     })
-    model = PVITModel.from_config(cfg)
+    model = build_model(cfg)
     col = Collator(model.llm.tokenizer, get_template("plain", model.llm.tokenizer),
                    image_transform=model.image_encoder.transform, num_image_tokens=model.num_image_tokens,
                    region_encoder=model.region_encoder, max_length=1100)

@@ -296,3 +296,12 @@ def test_box_covers_the_same_pixels_after_resize_pad_and_square(case, sx, sy, pa
     sq = _expand2square(img)
     side = sq.size[0]
     assert np.array_equal(np.asarray(sq), _mask(side, side, R.to_pixels(R.to_square(box, w, h), side, side)))
+
+
+def test_box_and_frame_names_stay_importable_from_pvit_regions():
+    from pvit import boxes, frames
+
+    for module, names in ((boxes, ("POLICIES", "RegionStats", "validate_box", "Box")),
+                          (frames, ("to_pixels", "from_pixels", "to_coco_xywh", "from_coco_xywh", "square_offsets",
+                                    "to_square", "from_square", "resize_box_pixels"))):
+        assert all(getattr(R, n) is getattr(module, n) for n in names), module

@@ -388,11 +388,11 @@ def _raise_each() -> dict[str, str]:
         PVITModel._check_counts(None, ids, 7, torch.tensor([1]), "region", ["coco-val-397133-2"])
 
     def run_dir():
-        from pvit.run import prepare_run_dir
+        from pvit.rundir import RunDir
 
         (tmp / "runs" / "pvit-tiny").mkdir(parents=True)
         (tmp / "runs" / "pvit-tiny" / "metrics.json").write_text("{}")
-        prepare_run_dir(tmp / "runs" / "pvit-tiny", resume=None, overwrite=False)
+        RunDir(tmp / "runs" / "pvit-tiny").prepare(resume=None, overwrite=False)
 
     def checkpoint():
         from pvit.checkpoints import load_export

@@ -9,13 +9,14 @@ and ``root``, the folder relative paths start from (default: the working directo
 """
 
 import pvit
+from pvit.options import LocalPath, LocalPaths
 
 
 def make_pvit_instruct(
-    path: str,
-    image_folder: str | None = None,
-    image_roots: dict | None = None,
-    root: str | None = None,
+    path: LocalPath,
+    image_folder: LocalPath | None = None,
+    image_roots: LocalPaths | None = None,
+    root: LocalPath | None = None,
     sample_ratio: dict | None = None,
     box_jitter: float = 0.0,
     seed: int = 0,
@@ -61,12 +62,12 @@ def make_pvit_instruct(
 
 
 def make_coco_regions(
-    annotations: str,
-    image_folder: str,
+    annotations: LocalPath,
+    image_folder: LocalPath,
     max_samples: int | None = None,
     min_box_area: float = 1.0,
     prompt: str = "<image>\nWhat is the object in {region}?",
-    root: str | None = None,
+    root: LocalPath | None = None,
     region_policy: str = "error",
     image_policy: str = "error",
     max_skip_fraction: float = 0.01,
@@ -101,15 +102,15 @@ def make_coco_regions(
 
 
 def make_gqa_regions(
-    questions: str,
-    image_folder: str,
-    scene_graphs: str | None = None,
+    questions: LocalPath,
+    image_folder: LocalPath,
+    scene_graphs: LocalPath | None = None,
     boxes: bool = True,
     max_samples: int | None = None,
     prompt: str = "<image>\n{question}\nAnswer the question using a single word or phrase.",
     answer_field: str = "answer",
     shikra_exact: bool = False,
-    root: str | None = None,
+    root: LocalPath | None = None,
     region_policy: str = "error",
     image_policy: str = "error",
     max_skip_fraction: float = 0.01,
@@ -152,11 +153,11 @@ def make_gqa_regions(
 
 
 def make_fine_eval(
-    path: str,
-    image_folder: str | None = None,
+    path: LocalPath,
+    image_folder: LocalPath | None = None,
     mode: str = "single",
     use_regions: bool = True,
-    root: str | None = None,
+    root: LocalPath | None = None,
     region_policy: str = "error",
     image_policy: str = "error",
     max_skip_fraction: float = 0.01,

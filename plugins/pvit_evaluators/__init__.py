@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pvit
+from pvit.options import NestedOptions
+
+#: Options of the dataset the ``dataset`` option names; its file options are checked before a run starts.
+DatasetOptions = Annotated[dict, NestedOptions("dataset", name_option="dataset")]
 
 
 def make_synth_regions_eval(
@@ -14,7 +20,7 @@ def make_synth_regions_eval(
     questions_per_sample: int = 1,
     min_objects: int = 3,
     max_objects: int = 5,
-    dataset_options: dict | None = None,
+    dataset_options: Annotated[dict | None, NestedOptions("dataset", name="synth-regions")] = None,
     max_new_tokens: int = 5,
     generation: dict | None = None,
 ):
@@ -41,7 +47,7 @@ def make_synth_regions_eval(
 
 def make_region_recognition(
     dataset: str = "coco-regions",
-    dataset_options: dict | None = None,
+    dataset_options: DatasetOptions | None = None,
     max_new_tokens: int = 16,
     generation: dict | None = None,
     primary: str = "synonym",
@@ -66,7 +72,7 @@ def make_region_recognition(
 
 def make_region_qa(
     dataset: str = "gqa-regions",
-    dataset_options: dict | None = None,
+    dataset_options: DatasetOptions | None = None,
     max_new_tokens: int = 16,
     generation: dict | None = None,
     group_by: str = "task",
@@ -90,7 +96,7 @@ def make_region_qa(
 
 def make_fine_eval(
     dataset: str = "fine-eval",
-    dataset_options: dict | None = None,
+    dataset_options: DatasetOptions | None = None,
     max_new_tokens: int = 512,
     generation: dict | None = None,
     output_name: str = "pvit",

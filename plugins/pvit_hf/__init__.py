@@ -1,12 +1,15 @@
 """Built-in plugin: ``hf-causal-lm``, any Hugging Face causal LM (local path, hub id, or a config for random init)."""
 
+from typing import Annotated
+
 import pvit
+from pvit.options import HubPath, NestedOptions
 
 
 def hf_causal_lm(
-    path: str | None = None,
+    path: HubPath | None = None,
     config: dict | None = None,
-    tokenizer: str | dict | None = None,
+    tokenizer: Annotated[str | dict | None, NestedOptions("dataset", spec_key="words_from")] = None,
     dtype: str = "float32",
     attn_implementation: str | None = "sdpa",
     seed: int | None = 0,

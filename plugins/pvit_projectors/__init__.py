@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pvit
+from pvit.options import LocalPath
 
 
 def make_linear(in_dim: int, out_dim: int, input_norm: str = "none", bias: bool = True,
-                checkpoint: str | None = None, prefix: str = ""):
+                checkpoint: LocalPath | None = None, prefix: str = ""):
     """``Linear(in_dim, out_dim)`` after an optional input normalisation: (..., in_dim) -> (..., out_dim).
 
     Options (``in_dim`` / ``out_dim`` are wired by pvit from the encoder and the LLM):
@@ -26,7 +27,7 @@ def make_linear(in_dim: int, out_dim: int, input_norm: str = "none", bias: bool 
 
 
 def make_mlp2x_gelu(in_dim: int, out_dim: int, input_norm: str = "none", hidden_dim: int | None = None,
-                    checkpoint: str | None = None, prefix: str = ""):
+                    checkpoint: LocalPath | None = None, prefix: str = ""):
     """LLaVA-1.5's ``Linear, GELU, Linear`` after an optional input normalisation: (..., in_dim) -> (..., out_dim).
 
     Options:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import pvit
+from pvit.options import LocalPath
 
 
 def regionclip(
     model: str | Mapping[str, Any] = "RN50x4",
-    checkpoint: str | None = None,
+    checkpoint: LocalPath | None = None,
     min_size: int = 800,
     max_size: int = 1333,
     output_size: int | None = None,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pvit
+from pvit.options import HubPath, LocalPath, TaggedPath
 
 
 def make_hf_clip(
-    path: str | None = None,
+    path: HubPath | None = None,
     config: dict | None = None,
     select_layer: int = -2,
     frozen: bool = True,
@@ -39,7 +40,7 @@ def make_hf_clip(
 
 def make_openclip_vit(
     model: str | dict,
-    pretrained: str | None = None,
+    pretrained: TaggedPath | None = None,
     select_layer: int = -2,
     frozen: bool = True,
     dtype: str = "float32",
@@ -68,7 +69,7 @@ def make_openclip_vit(
 def make_timm_vit(
     model: str,
     options: dict | None = None,
-    checkpoint: str | None = None,
+    checkpoint: LocalPath | None = None,
     select_layer: int = -2,
     frozen: bool = True,
     dtype: str = "float32",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 
 import torch
 
-from pvit.errors import ComponentOptionError
+from pvit.errors import ComponentOptionError, did_you_mean
 from pvit.runtime import is_planning
 
 from .base import ViTImageEncoder, seeded
@@ -26,8 +25,7 @@ def _vision_cfg(model) -> tuple[dict, bool, int]:
     if isinstance(model, str):
         names = open_clip.list_models()
         if model not in names:
-            guess = difflib.get_close_matches(model, names, n=3)
-            hint = f" (did you mean {', '.join(repr(g) for g in guess)}?)" if guess else ""
+            hint = did_you_mean(model, names, " (did you mean {!r}?)")
             raise ComponentOptionError(
                 f"{NAME}: model {model!r} is not an open_clip config name{hint}; see open_clip.list_models(), "
                 "or give a dict of vision-config fields (image_size, patch_size, width, layers, head_width, ...)"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from pvit.errors import ComponentOptionError
+from pvit.errors import ComponentOptionError, did_you_mean
 from pvit.runtime import is_planning
 
 from .base import ViTImageEncoder, seeded
@@ -22,10 +22,7 @@ def _create(name: str, options: dict):
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(name, str) or not timm.is_model(name):
-        import difflib
-
-        guess = difflib.get_close_matches(str(name), timm.list_models("*vit*") + timm.list_models("deit*"), n=3)
-        hint = f" (did you mean {', '.join(repr(g) for g in guess)}?)" if guess else ""
+        hint = did_you_mean(name, timm.list_models("*vit*") + timm.list_models("deit*"), " (did you mean {!r}?)")
         raise ComponentOptionError(f"{NAME}: {name!r} is not a timm model name{hint}; see timm.list_models('vit_*')")
     kwargs = {"num_classes": 0, **options}
     for key in ("pretrained", "pretrained_cfg_overlay", "checkpoint_path"):

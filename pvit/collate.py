@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pvit.data.templates import Template
+from pvit.templates import Template
 from pvit.errors import DataError
 from pvit.images import load_image
 from pvit.interfaces import IMAGE_PATCH_TOKEN, IMAGE_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
@@ -62,7 +62,7 @@ class Collator:
 
     Args:
         tokenizer: the LLM's tokenizer (placeholder and region tokens already added).
-        template: a [Template][pvit.data.templates.Template].
+        template: a [Template][pvit.templates.Template].
         image_transform: the image encoder's ``transform`` (PIL -> (3, H, W)), or None for a text-only model.
         num_image_tokens: N placeholders per image.
         region_encoder: the region encoder (its ``region_text``, ``prepare``, ``collate``,
@@ -115,6 +115,21 @@ class Collator:
         stops = [self.eos_id] + [vocab.get(t) for t in getattr(template, "end_tokens", ())]
         self.stop_token_ids: list[int] = list(dict.fromkeys(i for i in stops if i is not None))
         self._cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def for_model(cls, model, template: Template, max_length: int, region_policy: str = "error",
+                  generate: bool = False) -> "Collator":
+        """The collator that matches a PVITModel's components (tokenizer, image transform, region encoder)."""
+        return cls(
+            model.llm.tokenizer,
+            template,
+            image_transform=model.image_encoder.transform if model.image_encoder is not None else None,
+            num_image_tokens=model.num_image_tokens,
+            region_encoder=model.region_encoder,
+            max_length=max_length,
+            region_policy=region_policy,
+            generate=generate,
+        )
 
     # ------------------------------------------------------------------------------------------ regions
     def _render(self, box, where: str) -> str:

@@ -4,9 +4,9 @@ A template renders turns ``[(role, text)]`` (roles alternate ``user``, ``assista
 into ONE LIST OF SEGMENTS PER TURN. The collator tokenises each segment on its own and gives labels to the
 tokens of ``target`` segments only, so exactly the assistant replies and the end-of-turn token are trained on.
 
-- [RoleTemplate][pvit.data.templates.RoleTemplate]: named templates written in Python (``vicuna_v1_1``, as
+- [RoleTemplate][pvit.templates.RoleTemplate]: named templates written in Python (``vicuna_v1_1``, as
   LLaVA and PVIT train with, and ``plain``).
-- [ChatTemplate][pvit.data.templates.ChatTemplate]: the tokenizer's own jinja ``chat_template``, split into
+- [ChatTemplate][pvit.templates.ChatTemplate]: the tokenizer's own jinja ``chat_template``, split into
   segments by rendering the conversation once with marker contents (see the class).
 """
 

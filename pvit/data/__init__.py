@@ -1,1 +1,0 @@
-"""Data plumbing shared by every dataset: conversation templates and the collator."""
