@@ -131,8 +131,9 @@ def vit_roi_backbone_overhead(config, n_images: int, regions: int, repeats: int)
     img_enc = _image_encoder(config)
     enc = pvit.build("region_encoder", "vit-roi", image_encoder=img_enc, variant="light", layers=[-2], output_size=2)
     pixels = torch.stack([img_enc.transform(random_pil(320, 240, seed=i)) for i in range(n_images)])
-    boxes = random_boxes(n_images, regions)
-    from pvit.interfaces import RegionInputs
+    from pvit.interfaces import RegionInputs, Regions
+
+    boxes = Regions.from_per_image(random_boxes(n_images, regions))
 
     def alone():
         img_enc(pixels)
@@ -210,7 +211,9 @@ def run_case(case: Case, repeats: int, device: str) -> dict:
     enc, inputs = enc.to(device), inputs.to(device)
     print(f"\n== {case.encoder} [{case.scale}] on {device}: {case.description}; {shape_note}")
     print(f"{'regions/img':>12} {'batch ms':>10} {'regions/s':>10} {'images/s':>9}")
-    box_sets = {k: [b.to(device) for b in random_boxes(n_images, k)] for k in REGION_COUNTS}
+    from pvit.interfaces import Regions
+
+    box_sets = {k: Regions.from_per_image(random_boxes(n_images, k)).to(device) for k in REGION_COUNTS}
     secs = time_forwards(enc, inputs, box_sets, repeats, device)
     for k, s in secs.items():
         print(f"{k:>12} {s * 1e3:>10.1f} {k * n_images / s:>10.1f} {n_images / s:>9.2f}")

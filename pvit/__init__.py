@@ -1,16 +1,17 @@
 """pvit: a plugin framework for region-aware multimodal LLMs (PVIT, arXiv 2308.13437).
 
-Public API: ``hookimpl``, ``load_recipe``, ``components``, ``build``, ``testing``.
+Public API: ``hookimpl``, ``load_recipe``, ``components``, ``build``, ``testing``, ``LocalPath``.
 Heavy libraries (torch, transformers) are imported only when a component is built.
 """
 
 from __future__ import annotations
 
 from pvit.hookspecs import hookimpl
+from pvit.options import LocalPath
 from pvit.registry import KINDS, build, components
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "__version__"]
+__all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "LocalPath", "__version__"]
 
 
 def load_recipe(path, overrides=()):

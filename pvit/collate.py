@@ -1,6 +1,6 @@
 """The collator: region mentions -> encoder text, templates, labels on assistant tokens, padding, pixels.
 
-What it promises (RELIABILITY.md items 17-22):
+What it promises (docs/reliability.md items 17-22):
 
 - Invalid boxes raise [InvalidRegionError][pvit.errors.InvalidRegionError] naming the dataset file, the sample,
   the box index and its value under the default policy ``error``; ``clip`` / ``drop`` repair or skip them and
@@ -19,45 +19,24 @@ What it promises (RELIABILITY.md items 17-22):
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import Counter
 from typing import Any
 
 import torch
 
-from pvit.templates import Template
+from pvit.boxes import RegionStats
 from pvit.errors import DataError
 from pvit.images import load_image
-from pvit.interfaces import IMAGE_PATCH_TOKEN, IMAGE_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
-from pvit.regions import DROPPED_REGION_TEXT, RegionStats, rewrite_mentions, validate_box
+from pvit.interfaces import IGNORE_INDEX, IMAGE_PATCH_TOKEN, IMAGE_TOKEN, REGION_PATCH_TOKEN, RegionInputs, Regions
+from pvit.mentions import ANY_MENTION, check_box_count, render_region, rewrite_turns
+from pvit.templates import Template
+from pvit.truncate import I0, I1, MARKS, TruncationMixin
 
-IGNORE_INDEX = -100
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-#: Marks around the text of a region (\x02 \x03) or image (\x04 \x05) span until tokenisation, so truncation
-#: can tell where spans are; removed before any tokenizer sees the text.
-_R0, _R1, _I0, _I1 = "\x02", "\x03", "\x04", "\x05"
-_MARKS = re.compile("[\x02-\x05]")
-_ANY_MENTION = re.compile(re.escape(REGION_START) + r".*?" + re.escape(REGION_END), re.S)
 
 
-def _unmark(text: str) -> tuple[str, list[tuple[int, int, bool]]]:
-    """Text without span marks, and the spans ``(start, end, is_region)`` in character offsets of it."""
-    if not _MARKS.search(text):
-        return text, []
-    out, spans, pos, opened = [], [], 0, None
-    for piece in re.split("([\x02-\x05])", text):
-        if piece in (_R0, _I0):
-            opened = pos
-        elif piece in (_R1, _I1):
-            spans.append((opened, pos, piece == _R1))
-        elif piece:
-            out.append(piece)
-            pos += len(piece)
-    return "".join(out), spans
-
-
-class Collator:
+class Collator(TruncationMixin):
     """Turns dataset samples into model batches.
 
     Args:
@@ -131,52 +110,12 @@ class Collator:
             generate=generate,
         )
 
-    # ------------------------------------------------------------------------------------------ regions
-    def _render(self, box, where: str) -> str:
-        """One region mention's text, marked as a span; its placeholder count is checked against K."""
-        if self.region_encoder is None:
-            raise DataError(
-                f"{where}: the text has region mentions but the recipe has no region encoder "
-                "(set model.region_encoder, e.g. 'none' to write regions as plain text)"
-            )
-        text = self.region_encoder.region_text(box)
-        n = text.count(REGION_PATCH_TOKEN)
-        if n != self.tokens_per_region:
-            raise DataError(
-                f"{where}: region encoder {type(self.region_encoder).__name__} renders a region as {text!r} with "
-                f"{n} {REGION_PATCH_TOKEN} placeholders but declares tokens_per_region={self.tokens_per_region}; "
-                "text and region features would disagree (fix the encoder's region_text or tokens_per_region)"
-            )
-        return _R0 + text + _R1
-
     def _rewrite(self, texts: list[str], explicit, where: str) -> tuple[list[str], list[list[tuple]]]:
         """Region mentions of every turn -> marked encoder text; returns (texts, boxes per turn)."""
-        if explicit is None:
-            out, boxes = [], []
-            for j, text in enumerate(texts):
-                new, bx = rewrite_mentions(text, lambda b: self._render(b, where), policy=self.region_policy,
-                                           where=f"{where} turn {j}", stats=self.region_stats)
-                out.append(new)
-                boxes.append([tuple(float(v) for v in b) for b in bx])
-            return out, boxes
-        explicit = _check_box_count(texts, explicit, where)
-        out, boxes, k = [], [], 0
-        for text in texts:
-            turn_boxes, pieces, last = [], [], 0
-            for m in _ANY_MENTION.finditer(text):
-                box = validate_box(explicit[k], policy=self.region_policy, where=f"{where} boxes", index=k,
-                                   stats=self.region_stats)
-                pieces += [text[last:m.start()], DROPPED_REGION_TEXT if box is None else self._render(box, where)]
-                if box is not None:
-                    turn_boxes.append(tuple(float(v) for v in box))
-                last, k = m.end(), k + 1
-            pieces.append(text[last:])
-            rest = _ANY_MENTION.sub("", text)
-            if REGION_START in rest or REGION_END in rest:
-                raise DataError(f"{where}: a {REGION_START} or {REGION_END} tag without its partner in {text!r}")
-            out.append("".join(pieces))
-            boxes.append(turn_boxes)
-        return out, boxes
+        def render(box):
+            return render_region(self.region_encoder, self.tokens_per_region, box, where)
+
+        return rewrite_turns(texts, explicit, where, render=render, policy=self.region_policy, stats=self.region_stats)
 
     # ------------------------------------------------------------------------------------------ one sample
     def _ids(self, text: str) -> list[int]:
@@ -207,7 +146,7 @@ class Collator:
                 raise DataError(f"{where}: turn {i} is {turn!r}; expected {{'from': 'human'|'gpt', 'value': text}}")
             if role != ("user" if i % 2 == 0 else "assistant"):
                 raise DataError(f"{where}: turns must alternate human/gpt; turn {i} is {turn.get('from')!r}")
-            turns.append((role, _MARKS.sub("", str(turn.get("value", "")))))
+            turns.append((role, MARKS.sub("", str(turn.get("value", "")))))
         return turns
 
     def _image(self, sample: dict, where: str):
@@ -248,15 +187,15 @@ class Collator:
             if turns[-1][0] == "assistant":
                 answer = turns[-1][1].strip()
                 if explicit is not None:  # the answer's boxes are held out with it
-                    explicit = _check_box_count([t for _, t in turns], explicit, where)
-                    explicit = explicit[:len(explicit) - len(_ANY_MENTION.findall(turns[-1][1]))]
+                    explicit = check_box_count([t for _, t in turns], explicit, where)
+                    explicit = explicit[:len(explicit) - len(ANY_MENTION.findall(turns[-1][1]))]
                 turns = turns[:-1]
             prompt = turns[-1][1]
         roles = [r for r, _ in turns]
         texts, boxes = self._rewrite([t for _, t in turns], explicit, where)
         if not has_image and any(boxes):
             raise DataError(f"{where}: the sample mentions regions but has no image")
-        image_text = _I0 + IMAGE_PATCH_TOKEN * self.num_image_tokens + _I1 if has_image else ""
+        image_text = I0 + IMAGE_PATCH_TOKEN * self.num_image_tokens + I1 if has_image else ""
         texts = [t.replace(IMAGE_TOKEN, image_text) for t in texts]
         rendered = self.template.render(list(zip(roles, texts)), add_generation_prompt=self.generate)
 
@@ -305,84 +244,6 @@ class Collator:
                     "tokenizer split it?"
                 )
 
-    def _fit(self, rendered, boxes, where):
-        """Token ids and labels of the turns that fit in ``max_length``; None when nothing can be kept."""
-        pieces = []  # per turn: (ids, labels, n boxes, [(segment ids, spans, target)] for partial cuts)
-        for k, segs in enumerate(rendered):
-            ids, labels, parts = [], [], []
-            for seg in segs:
-                text, spans = _unmark(seg.text)
-                sids = list(self._ids(text))
-                parts.append((text, spans, seg, len(ids), len(sids)))
-                if seg.eos and self.eos_id is not None:
-                    sids.append(self.eos_id)
-                ids += sids
-                labels += [i if seg.target and i not in self.placeholder_ids else IGNORE_INDEX for i in sids]
-            pieces.append((ids, labels, len(boxes[k]), parts))
-        head = [self.bos_id] if self.bos_id is not None else []
-        ids_all, labels_all, n_boxes = list(head), [IGNORE_INDEX] * len(head), 0
-        step = len(pieces) if self.generate else 2
-        kept = 0
-        for start in range(0, len(pieces), step):
-            group = pieces[start:start + step]
-            if len(ids_all) + sum(len(g[0]) for g in group) <= self.max_length:
-                for g in group:
-                    ids_all += g[0]
-                    labels_all += g[1]
-                    n_boxes += g[2]
-                kept += len(group)
-                continue
-            if not self.generate and len(group) == 2:
-                cut = self._partial(group, self.max_length - len(ids_all))
-                if cut is not None:
-                    ids_all += cut[0]
-                    labels_all += cut[1]
-                    n_boxes += cut[2]
-                    kept += 1
-            break
-        if kept == 0 or (self.generate and kept < len(pieces)):
-            self.stats["dropped_too_long"] += 1
-            warnings.warn(f"{where}: longer than max_length={self.max_length} tokens and cannot be cut at a turn or "
-                          "span boundary; sample dropped", stacklevel=3)
-            return None
-        if kept < len(pieces):
-            self.stats["truncated"] += 1
-            warnings.warn(f"{where}: longer than max_length={self.max_length} tokens; truncated at a turn or span "
-                          "boundary", stacklevel=3)
-        return ids_all, labels_all, n_boxes
-
-    def _partial(self, pair, room: int):
-        """A question plus the start of its reply, cut outside every span, in ``room`` tokens (or None)."""
-        (q_ids, q_labels, q_boxes, _), (_, _, _, parts) = pair
-        room -= len(q_ids)
-        if room < 1 or not parts:
-            return None
-        text, spans, seg, _, n = parts[0]  # the reply's text is its first segment
-        if not seg.target:
-            return None
-        t = min(room, n)
-        if spans:
-            try:
-                enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer has no offsets
-                return None
-            offsets = enc["offset_mapping"]
-            if list(enc["input_ids"]) != list(self._ids(text)):
-                return None
-            while t > 0 and any(s < offsets[t - 1][1] < e for s, e, _ in spans):  # cut inside a span
-                t -= 1
-            cut_char = offsets[t - 1][1] if t > 0 else 0
-            kept_boxes = sum(1 for s, e, region in spans if region and e <= cut_char)
-        else:
-            kept_boxes = 0
-        if t < 1:
-            return None
-        ids = list(self._ids(text))[:t]
-        labels = [i if i not in self.placeholder_ids else IGNORE_INDEX for i in ids]
-        if all(v == IGNORE_INDEX for v in labels):
-            return None
-        return q_ids + ids, q_labels + labels, q_boxes + kept_boxes
-
     # ------------------------------------------------------------------------------------------ a batch
     def __call__(self, samples: list[dict]) -> dict:
         encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
@@ -397,8 +258,9 @@ class Collator:
         """Pad encoded samples to the longest in the batch (left for generation, right for training).
 
         Returns ``input_ids``, ``attention_mask``, ``labels`` (B, T); ``pixels`` (B_i, 3, H, W) of the B_i
-        samples with an image, or None; ``image_sample`` (B_i,) their batch rows; ``boxes``: B_i x (R_b, 4);
-        ``n_regions`` (B,); ``region_inputs``; and per sample ``ids``, ``answers``, ``prompts``, ``meta``.
+        samples with an image, or None; ``image_sample`` (B_i,) their batch rows; ``regions``: the batch's
+        [Regions][pvit.interfaces.Regions] (R boxes, in image order then mention order); ``region_inputs``;
+        and per sample ``ids``, ``answers``, ``prompts``, ``meta``.
         """
         T = max(len(e["input_ids"]) for e in encoded)
         rows_ids, rows_labels, rows_mask = [], [], []
@@ -426,8 +288,7 @@ class Collator:
             "labels": labels,
             "pixels": pixels,
             "image_sample": torch.tensor(with_image, dtype=torch.long),  # (B_i,)
-            "boxes": [encoded[b]["boxes"] for b in with_image],  # B_i x (R_b, 4)
-            "n_regions": torch.tensor([len(e["boxes"]) for e in encoded], dtype=torch.long),  # (B,)
+            "regions": Regions.from_per_image([encoded[b]["boxes"] for b in with_image], with_image),  # R regions
             "region_inputs": region_inputs,
             "ids": [e["id"] for e in encoded],
             "answers": [e["answer"] for e in encoded],
@@ -435,14 +296,3 @@ class Collator:
             "meta": [e["meta"] for e in encoded],
         }
 
-
-def _check_box_count(texts: list[str], explicit, where: str) -> list:
-    """A sample's explicit ``boxes`` as a list, after checking there is one per region mention (item 18)."""
-    explicit = list(explicit)
-    found = sum(len(_ANY_MENTION.findall(t)) for t in texts)
-    if found != len(explicit):
-        raise DataError(
-            f"{where}: {found} region mention(s) in the text but {len(explicit)} box(es) in the sample's "
-            "'boxes'; each <Region>...</Region> mention needs exactly one box, in mention order"
-        )
-    return explicit

@@ -9,7 +9,8 @@ hookimpl = pluggy.HookimplMarker("pvit")
 
 #: Bumped when a hook signature or a component interface changes incompatibly.
 #: A plugin may declare ``PVIT_PLUGIN_API = <int>`` in its module; a mismatch is reported clearly.
-PLUGIN_API_VERSION = 1
+#: API 2: a region encoder's ``forward(inputs, regions)`` takes one ``Regions`` (API 1: a list of boxes per image).
+PLUGIN_API_VERSION = 2
 
 
 @hookspec

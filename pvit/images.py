@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 IMAGE_POLICIES = ("error", "skip")
 
 _HINT = (
-    "check the dataset's image folder options (image_folder / image_roots / root), "
+    "check the dataset's options that say where its images are, "
     "or set the image policy to 'skip' to skip a bounded fraction of bad images"
 )
 

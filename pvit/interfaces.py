@@ -9,6 +9,9 @@ if TYPE_CHECKING:  # keep `import pvit` light: torch is imported by the modules 
     import torch
     from PIL import Image
 
+from pvit.interfaces_data import Dataset, Sample, Turn  # noqa: F401 - re-exported
+from pvit.interfaces_optional import OPTIONAL_ATTRIBUTES, OptionalAttribute, optional_attributes  # noqa: F401
+
 #: Text placeholder a dataset writes where the image goes; expanded to ``num_tokens`` image slots.
 IMAGE_TOKEN = "<image>"
 #: Token whose embeddings are overwritten by projected image features (one per image-encoder token).
@@ -18,6 +21,8 @@ REGION_PATCH_TOKEN = "<region_patch>"
 #: Tags around a region mention, as in PVIT.
 REGION_START = "<Region>"
 REGION_END = "</Region>"
+#: Label of a token the loss ignores (prompt, padding, placeholders); PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
 
 
 @runtime_checkable
@@ -29,6 +34,10 @@ class ImageEncoder(Protocol):
         num_tokens: N, tokens per image (CLS dropped).
         grid_size: (gh, gw), the patch grid, with ``gh * gw == num_tokens``.
         image_size: (H, W) that ``transform`` produces.
+
+    Optional (see ``OPTIONAL_ATTRIBUTES["image_encoder"]``): ``frozen`` (bool, default False: True makes the
+    engine refuse to train the slot), ``num_layers`` (int, L transformer blocks: L + 1 hidden states; absent,
+    vit-roi cannot check layer indices), ``parameter_groups()``.
     """
 
     out_dim: int
@@ -55,12 +64,12 @@ class ImageEncoder(Protocol):
 
 @dataclass
 class RegionInputs:
-    """What a region encoder's ``forward`` receives besides the boxes.
+    """What a region encoder's ``forward`` receives besides the [Regions][pvit.interfaces.Regions].
 
     Attributes:
-        pixels: the encoder's own preprocessed batch (B, 3, H, W), zero-padded, or None.
-        sizes: (B, 2) the unpadded (H, W) of each image in ``pixels``, or None.
-        image_maps: feature maps of the image encoder, one (B, C, gh, gw) per entry of the encoder's
+        pixels: the encoder's own preprocessed batch (B_i, 3, H, W), zero-padded, or None.
+        sizes: (B_i, 2) the unpadded (H, W) of each image in ``pixels``, or None.
+        image_maps: feature maps of the image encoder, one (B_i, C, gh, gw) per entry of the encoder's
             ``image_layers``, or an empty list.
         image_size: (H, W) of the image encoder's input, for encoders that pool ``image_maps``.
     """
@@ -79,6 +88,77 @@ class RegionInputs:
         )
 
 
+@dataclass
+class Regions:
+    """The regions of a batch, built once by the collator and shape-checked here; encoders need not re-check.
+
+    Attributes:
+        boxes: (R, 4) float canonical xyxy in [0, 1] of the original image, in image order then mention order.
+        image_index: (R,) long, the row in ``pixels`` (and ``RegionInputs``) of each region's image.
+        sample_index: (R,) long, the batch row of each region's sample.
+        counts: (B_i,) long, regions per image (some may be 0); stays on the CPU, since it sizes splits.
+    """
+
+    boxes: "torch.Tensor"
+    image_index: "torch.Tensor"
+    sample_index: "torch.Tensor"
+    counts: "torch.Tensor"
+
+    def __post_init__(self) -> None:
+        r = self.boxes.shape[0] if self.boxes.dim() == 2 else "R"
+        for name, want in {"boxes": (r, 4), "image_index": (r,), "sample_index": (r,)}.items():
+            got = tuple(getattr(self, name).shape)
+            if got != want or r == "R":
+                raise ValueError(f"Regions: {name} has shape {got}; valid: {want}, with boxes (R, 4), "
+                                 "image_index and sample_index (R,), counts (B_i,)")
+        if self.counts.dim() != 1 or int(self.counts.sum()) != r:
+            raise ValueError(f"Regions: counts {self.counts.tolist()} sum to {int(self.counts.sum())}, but there "
+                             f"are {r} boxes; valid: a (B_i,) tensor of regions per image that sums to R")
+
+    @classmethod
+    def from_per_image(cls, boxes: Sequence["torch.Tensor"], image_sample: Sequence[int] | None = None) -> "Regions":
+        """Regions from one (R_b, 4) tensor per image and each image's batch row (default: row = image)."""
+        import torch
+
+        rows = list(range(len(boxes))) if image_sample is None else [int(b) for b in image_sample]
+        if len(rows) != len(boxes):
+            raise ValueError(f"Regions: {len(boxes)} box tensors for {len(rows)} images; give one per image")
+        for b, bx in enumerate(boxes):
+            if bx.dim() != 2 or bx.shape[1] != 4:
+                raise ValueError(f"Regions: boxes of image {b} have shape {tuple(bx.shape)}; valid: (R_b, 4) xyxy")
+        if not boxes:
+            return cls.empty()
+        counts = torch.tensor([bx.shape[0] for bx in boxes], dtype=torch.long)  # (B_i,)
+        image_index = torch.repeat_interleave(torch.arange(len(boxes)), counts)  # (R,)
+        sample_index = torch.tensor(rows, dtype=torch.long)[image_index]  # (R,)
+        return cls(torch.cat(list(boxes)), image_index, sample_index, counts)  # boxes (R, 4)
+
+    @classmethod
+    def empty(cls, n_images: int = 0) -> "Regions":
+        """No regions, for ``n_images`` images (counts all 0)."""
+        import torch
+
+        long = torch.zeros(0, dtype=torch.long)  # (0,)
+        return cls(torch.zeros(0, 4), long, long.clone(), torch.zeros(n_images, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to(self, device) -> "Regions":
+        """The same regions with ``boxes`` and the indices on ``device`` (``counts`` stays on the CPU)."""
+        return Regions(self.boxes.to(device), self.image_index.to(device), self.sample_index.to(device), self.counts)
+
+    def per_image(self) -> list["torch.Tensor"]:
+        """One (R_b, 4) view of ``boxes`` per image, in image order (the list form some encoders loop over)."""
+        return list(self.boxes.split(self.counts.tolist()))
+
+    def per_sample(self, n_samples: int) -> "torch.Tensor":
+        """(B,) long regions per batch row, on the CPU."""
+        import torch
+
+        return torch.bincount(self.sample_index.cpu(), minlength=n_samples)  # (B,)
+
+
 @runtime_checkable
 class RegionEncoder(Protocol):
     """Encodes boxes of an image into ``tokens_per_region`` features each.
@@ -91,6 +171,10 @@ class RegionEncoder(Protocol):
         image_layers: image-encoder layers whose maps ``forward`` needs in ``RegionInputs.image_maps``
             (empty for an encoder with its own backbone).
         uses_own_pixels: True when ``prepare`` returns pixels of the encoder's own preprocessing.
+
+    Optional (see ``OPTIONAL_ATTRIBUTES["region_encoder"]``): ``frozen`` (bool, default False),
+    ``carries_box`` (bool, default True: False tells the contract check that boxes do not reach the text),
+    ``parameter_groups()``.
     """
 
     tokens_per_region: int
@@ -111,9 +195,14 @@ class RegionEncoder(Protocol):
     def collate(self, prepared: list) -> RegionInputs:
         """Batch the results of ``prepare`` (zero-padding to the largest)."""
 
-    def forward(self, inputs: RegionInputs, boxes: list["torch.Tensor"]) -> "torch.Tensor":
-        """Boxes per image, each (R_b, 4) xyxy in [0, 1] of the original image -> (R, K, D_r), R = sum R_b,
-        in image order then mention order."""
+    def forward(self, inputs: RegionInputs, regions: Regions) -> "torch.Tensor":
+        """The batch's [Regions][pvit.interfaces.Regions] -> (R, K, D_r), one row per region in the order of
+        ``regions.boxes`` (image order, then mention order).
+
+        ``regions.boxes`` is (R, 4) xyxy in [0, 1] of the original image; ``regions.image_index`` names each
+        region's row in ``inputs``; ``regions.per_image()`` gives the boxes as one (R_b, 4) tensor per image.
+        Shapes were checked when the Regions was built (plugin API 2; API 1 passed that per-image list).
+        """
 
 
 @runtime_checkable
@@ -124,6 +213,8 @@ class LanguageModel(Protocol):
         model: the Hugging Face ``PreTrainedModel``.
         tokenizer: the Hugging Face tokenizer.
         hidden_size: D_llm.
+
+    Optional: ``parameter_groups()`` (see ``OPTIONAL_ATTRIBUTES["llm"]``).
     """
 
     model: Any
@@ -152,6 +243,11 @@ class Evaluator(Protocol):
         data: ``{"name": dataset name, "options": {...}}``: the dataset the core generates on. The prompt of
             a sample is its conversation up to the last human turn; the reference is the last assistant turn.
         max_new_tokens: generation budget per sample.
+
+    Optional (see ``OPTIONAL_ATTRIBUTES["evaluator"]``): ``generation`` (dict of decoding options, default
+    ``{}``), the same options as attributes (``do_sample``, ``temperature``, ``top_p``, ``seed``,
+    ``batch_size``), and ``write(records, path)``, which writes ``protocol["output_file"]`` in the evaluator's
+    own format.
     """
 
     name: str
@@ -164,3 +260,21 @@ class Evaluator(Protocol):
         Returns ``{"metrics": {name: float}, "records": [per-sample dicts with a "correct" field where
         meaningful], "protocol": {"template", "coordinate_format", "matcher", ...}}``.
         """
+
+
+@runtime_checkable
+class Projector(Protocol):
+    """Maps features to the LLM's width: (..., in_dim) -> (..., out_dim); built with ``in_dim``/``out_dim``
+    wired by pvit.
+
+    Optional (see ``OPTIONAL_ATTRIBUTES["projector"]``): ``in_dim``, ``out_dim`` (int; checked by
+    [pvit.testing][] when present) and ``parameter_groups()``.
+    """
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        """(..., in_dim) -> (..., out_dim)."""
+
+
+#: The Protocol each component kind conforms to.
+PROTOCOLS = {"image_encoder": ImageEncoder, "region_encoder": RegionEncoder, "projector": Projector,
+             "llm": LanguageModel, "dataset": Dataset, "evaluator": Evaluator}

@@ -46,9 +46,9 @@ class Dataset(Protocol):
       samples do not depend on the epoch.
     - ``metainfo``: dict handed to the training engine's dataset wrapper. Absent: ``{}``.
     - ``region_stats``: a [RegionStats][pvit.boxes.RegionStats] of boxes the dataset clipped or dropped,
-      counted by ``pvit data-check``. Absent: only the collator's counts are reported.
+      counted by ``pvit data check``. Absent: only the collator's counts are reported.
     - ``report()``: ``{"images": {"skipped": n, ...}, ...}``; images skipped under the dataset's own
-      ``image_policy: skip`` are counted by ``pvit data-check``. Absent: none are counted.
+      ``image_policy: skip`` are counted by ``pvit data check``. Absent: none are counted.
     """
 
     def __len__(self) -> int:

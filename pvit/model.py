@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from pvit.errors import SpliceError
-from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs
+from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs, Regions
+
 
 class PVITModel(nn.Module):
     """Image encoder + region encoder + projectors + LLM.
 
     ``forward(batch)`` takes a batch from [Collator][pvit.collate.Collator] and returns the LM output
     (with ``loss`` when the batch has labels). Projected image features replace the ``<im_patch>``
-    placeholders and projected region features (plus the optional box-position embedding) replace the
+    placeholders and projected region features (one row per box of the batch's
+    [Regions][pvit.interfaces.Regions], plus the optional box-position embedding) replace the
     ``<region_patch>`` placeholders, each with one vectorised masked assignment after a count check.
     """
 
@@ -99,17 +101,16 @@ class PVITModel(nn.Module):
                 embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
         k = self.tokens_per_region
         if k > 0:
-            n_regions = batch["n_regions"]
-            self._check_counts(input_ids, self.region_patch_id, n_regions * k, "region", ids)
-            boxes = batch.get("boxes") or []
-            if int(n_regions.sum()) > 0:
+            regions: Regions = batch.get("regions") or Regions.empty()
+            self._check_counts(input_ids, self.region_patch_id, regions.per_sample(B) * k, "region", ids)
+            if len(regions) > 0:
                 rin: RegionInputs = batch.get("region_inputs") or RegionInputs()
                 if maps:
                     rin = RegionInputs(rin.pixels, rin.sizes, maps, tuple(self.image_encoder.image_size))
-                feats = self.region_encoder(rin, boxes)  # (R, K, D_r)
+                feats = self.region_encoder(rin, regions)  # (R, K, D_r)
                 reg = self.region_projector(feats)  # (R, K, D)
                 if self.bbox_embed is not None:
-                    flat = torch.cat([b.to(reg.device) for b in boxes]).to(reg.dtype)  # (R, 4)
+                    flat = regions.boxes.to(reg.device).to(reg.dtype)  # (R, 4)
                     reg = reg + self.bbox_embed(flat).unsqueeze(1)  # (R, K, D)
                 mask = (input_ids == self.region_patch_id).unsqueeze(-1)  # (B, T, 1)
                 embeds = embeds.masked_scatter(mask, reg.to(embeds.dtype))
@@ -136,7 +137,7 @@ class PVITModel(nn.Module):
 
         Args:
             batch: a [Collator][pvit.collate.Collator] batch built with ``generate=True``: ``input_ids``
-                and ``attention_mask`` (B, T), left padded, plus pixels / boxes as in ``forward``.
+                and ``attention_mask`` (B, T), left padded, plus pixels / regions as in ``forward``.
             max_new_tokens: the budget per reply (the evaluator's); rows that end earlier are padded.
             do_sample: sample instead of greedy decoding.
             temperature, top_p: sampling temperature and nucleus mass (used only when ``do_sample``).
@@ -181,12 +182,12 @@ class PVITModel(nn.Module):
 
 
 def batch_to(batch: dict, device) -> dict:
-    """Move every tensor of a batch (and its RegionInputs) to ``device``."""
+    """Move every tensor of a batch (and its Regions and RegionInputs) to ``device``."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, RegionInputs):
+        elif isinstance(v, (Regions, RegionInputs)):
             out[k] = v.to(device)
         elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
             out[k] = [t.to(device) for t in v]

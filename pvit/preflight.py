@@ -67,7 +67,7 @@ def _is_missing(value: str, marker: FileOption) -> bool:
         if hub_id and not offline():
             return False
     if marker.tag and "/" not in value and not value.endswith(_WEIGHT_EXT):
-        return False  # a named tag of the library (open_clip pretrained)
+        return False  # a named tag the library resolves itself
     return True
 
 

@@ -76,6 +76,7 @@ class Engine:
     tensorboard: bool = True
     progress: bool = True
     deterministic: bool = False
+    measure_flops: bool = True
 
 
 @dataclass

@@ -58,6 +58,21 @@ def _plots(summary: dict, run_dir: Path) -> list[str]:
     return made
 
 
+def _throughput(summary: dict) -> list[str]:
+    """The stages' steps/s, FLOPs per step (counted on the first step), FLOP/s and MFU against the measured
+    matmul peak, when the run measured them."""
+    rows = [(s.get("name"), s["flops"]) for s in summary.get("stages", []) if (s.get("flops") or {}).get("mfu")]
+    if not rows:
+        return []
+    out = ["", "## Throughput", "", "| stage | steps/s | FLOP per step | FLOP/s | peak FLOP/s (matmul probe) | MFU |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for name, f in rows:
+        out.append(f"| {name} | {f['steps_per_s']:.2f} | {f['flops_per_step']:.3g} | {f['flops_per_s']:.3g} | "
+                   f"{f['peak_flops_per_s']:.3g} | {100 * f['mfu']:.1f}% |")
+    out.append(f"\nPeak measured for: {rows[0][1].get('peak_probe')}")
+    return out
+
+
 def write_report(summary: dict, run_dir: Path) -> Path:
     """Write ``report.md`` (what ran, parameters per stage, metrics per task) and the plots."""
     lines = [f"# pvit run: {summary.get('recipe')}", ""]
@@ -72,6 +87,7 @@ def write_report(summary: dict, run_dir: Path) -> Path:
         lines.append(f"| {p['name']} | {p['data']} | {', '.join(p['trainable'])} | {p['trainable_total']:,} | "
                      f"{s.get('steps', '')} | {s.get('seconds', '')} | {fl:.4f} |" if fl is not None else
                      f"| {p['name']} | {p['data']} | {', '.join(p['trainable'])} | {p['trainable_total']:,} | | | |")
+    lines += _throughput(summary)
     rows = metrics_rows(summary)
     if rows:
         lines += ["", "## Metrics", "", "| evaluator | metric | value |", "|---|---|---:|"]

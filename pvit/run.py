@@ -86,7 +86,7 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
     entry = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),
              "trainable": result.trainable, "losses": result.losses,
              "final_loss": result.losses[-1][1] if result.losses else None,
-             "world_size": result.world, "strategy": result.strategy}
+             "world_size": result.world, "strategy": result.strategy, "flops": result.flops}
     if info.main:
         export = run_dir.export(i, st.name)
         export_stage(model, list(st.trainable), export, {"stage": st.name, "recipe": cfg.name})
@@ -94,8 +94,18 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
         run_dir.write_stage(i, st.name, entry)
     barrier()  # the export exists before any rank moves on (a later stage may init_from it)
     log(f"stage {i + 1}/{len(names)} {st.name}: {result.steps} steps in {result.seconds:.0f} s" +
-        (f", final loss {entry['final_loss']:.4f}" if entry["final_loss"] is not None else ""))
+        (f", final loss {entry['final_loss']:.4f}" if entry["final_loss"] is not None else "") + _mfu_text(result.flops))
     return entry
+
+
+def _mfu_text(flops: dict | None) -> str:
+    """``, 12.3 GFLOP/s, MFU 4.1% (of a 300 GFLOP/s matmul peak)`` for a stage's log line."""
+    from pvit.flops import format_flops
+
+    if not flops or "mfu" not in flops:
+        return ""
+    return (f", {format_flops(flops['flops_per_s'])}FLOP/s, MFU {100 * flops['mfu']:.1f}% (of a "
+            f"{format_flops(flops['peak_flops_per_s'])}FLOP/s matmul peak)")
 
 
 def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log: Callable[[str], None]) -> dict:

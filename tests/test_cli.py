@@ -105,10 +105,16 @@ def test_dry_run_of_the_tiny_recipe_prints_the_plan(monkeypatch):
     for slot, name in [("image_encoder", "openclip-vit"), ("region_encoder", "regionclip"),
                        ("projector", "mlp2x-gelu"), ("region_projector", "mlp2x-gelu"), ("llm", "hf-causal-lm")]:
         assert rows[slot][1] == name, rows.get(slot)
-        assert re.fullmatch(r"\d{1,3}(,\d{3})*", rows[slot][2]) and int(rows[slot][2].replace(",", "")) > 0
-    counts = [int(rows[s][2].replace(",", "")) for s in ("image_encoder", "region_encoder", "projector",
-                                                        "region_projector", "llm", "bbox_embed")]
-    assert int(rows["total"][2].replace(",", "")) == sum(counts)
-    for stage in ("align", "region-align", "instruct"):
-        assert rows[stage][1] == "synth-regions" and int(rows[stage][3].replace(",", "")) > 0
+        assert re.fullmatch(r"\d{1,3}(,\d{3})*", rows[slot][2]), rows[slot]
+    n = {s: int(rows[s][2].replace(",", "")) for s in ("image_encoder", "region_encoder", "projector",
+                                                      "region_projector", "llm", "bbox_embed")}
+    assert int(rows["total"][2].replace(",", "")) == sum(n.values())
+    hidden = 128  # the tiny LLM's width
+    assert n["bbox_embed"] == 4 * hidden + hidden  # Linear(4, hidden)
+    assert n["projector"] == n["region_projector"]  # both mlp2x-gelu with BatchNorm over 64-d features
+    # each stage trains exactly its slots: <Region> and </Region> are the two new rows (tied embeddings)
+    expected = {"align": n["projector"] + n["llm"], "region-align": n["region_projector"] + 2 * hidden,
+                "instruct": n["projector"] + n["region_projector"] + n["llm"] + n["bbox_embed"]}
+    for stage, total in expected.items():
+        assert rows[stage][1] == "synth-regions" and int(rows[stage][3].replace(",", "")) == total, rows[stage]
     assert (ROOT / "runs" / "pvit-tiny").exists() == existed  # a dry run creates no run directory

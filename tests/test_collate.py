@@ -1,4 +1,4 @@
-"""The collator: templates and assistant-only labels, padding, region rendering, and RELIABILITY.md items 17-22."""
+"""The collator: templates and assistant-only labels, padding, region rendering, and docs/reliability.md items 17-22."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pvit
 from pvit.collate import IGNORE_INDEX, Collator
 from pvit.templates import ChatTemplate, get_template
 from pvit.errors import DataError, InvalidRegionError, SpliceError
-from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START
+from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START, Regions
 from pvit.regions import format_pvit
 
 WORDS = ("what is the color of this red blue green circle square a long story about shapes and more words here "
@@ -161,8 +161,10 @@ def test_regions_are_rendered_by_the_region_encoder():
     r2 = format_pvit((0.5, 0.5, 0.9, 0.8))
     batch = collator(tok, encoder=StubRegionEncoder(k=2))([sample(f"is {R} left of {r2} ?", "red")])
     assert (batch["input_ids"] == tok.convert_tokens_to_ids(REGION_PATCH_TOKEN)).sum() == 4
-    assert torch.allclose(batch["boxes"][0], torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 0.9, 0.8]]))
-    assert batch["n_regions"].tolist() == [2]
+    regions = batch["regions"]
+    assert torch.equal(regions.boxes, torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 0.9, 0.8]]))
+    assert regions.counts.tolist() == [2] and regions.image_index.tolist() == [0, 0]
+    assert regions.sample_index.tolist() == [0, 0] and regions.per_sample(1).tolist() == [2]
     text_coords = pvit.build("region_encoder", "text-coords")
     tok2 = word_tokenizer()
     tok2.add_tokens(text_coords.special_tokens, special_tokens=True)
@@ -172,6 +174,25 @@ def test_regions_are_rendered_by_the_region_encoder():
         REGION_START, "<L100>", "<L200>", "<L500>", "<L600>", REGION_END]
     assert REGION_PATCH_TOKEN not in toks
 
+
+
+def test_regions_record_of_a_batch():
+    a, b = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.3, 0.3, 0.9, 0.7]])
+    regions = Regions.from_per_image([a, torch.zeros(0, 4), b], image_sample=[0, 2, 3])  # images of rows 0, 2, 3
+    assert len(regions) == 3 and regions.counts.tolist() == [2, 0, 1]
+    assert regions.image_index.tolist() == [0, 0, 2] and regions.sample_index.tolist() == [0, 0, 3]
+    assert regions.per_sample(5).tolist() == [2, 0, 0, 1, 0]
+    assert [t.tolist() for t in regions.per_image()] == [a.tolist(), [], b.tolist()]
+    assert regions.to("cpu").boxes.tolist() == torch.cat([a, b]).tolist()
+    empty = Regions.empty(2)
+    assert len(empty) == 0 and empty.counts.tolist() == [0, 0] and tuple(empty.boxes.shape) == (0, 4)
+    with pytest.raises(ValueError, match=r"image 1 have shape \(3,\); valid: \(R_b, 4\)"):
+        Regions.from_per_image([a, torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"counts \[1\] sum to 1, but there are 2 boxes"):
+        Regions(a, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"image_index has shape \(1,\); valid: \(2,\)"):
+        Regions(a, torch.zeros(1, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.tensor([2]))
+    assert IGNORE_INDEX == pvit.interfaces.IGNORE_INDEX == -100
 
 # ------------------------------------------------------------------------------------------ item 17: boxes
 
@@ -202,11 +223,11 @@ def test_clip_and_drop_are_opt_in_and_counted():
     s = sample(f"is {R} like {BAD['beyond']} or {BAD['x2 < x1']} ?", "red")
     clip = collator(region_policy="clip")
     b = clip([s])
-    assert clip.region_stats.clipped == 1 and clip.region_stats.dropped == 1 and b["n_regions"].tolist() == [2]
-    assert b["boxes"][0][1].tolist() == pytest.approx([0.1, 0.2, 1.0, 0.6])
+    assert clip.region_stats.clipped == 1 and clip.region_stats.dropped == 1 and len(b["regions"]) == 2
+    assert b["regions"].boxes[1].tolist() == pytest.approx([0.1, 0.2, 1.0, 0.6])
     drop = collator(region_policy="drop")
     b = drop([s])
-    assert drop.region_stats.dropped == 2 and b["n_regions"].tolist() == [1]
+    assert drop.region_stats.dropped == 2 and b["regions"].counts.tolist() == [1]
     assert "the region" in drop.tok.decode(b["input_ids"][0])
 
 
@@ -219,13 +240,13 @@ def test_explicit_boxes_must_match_the_mentions():
         collator()([s])
     s["boxes"] = [(0.1, 0.1, 0.3, 0.3), (0.123456, 0.2, 0.9, 0.95)]
     batch = collator()([s])
-    assert torch.allclose(batch["boxes"][0], torch.tensor(s["boxes"]))  # the sample's boxes, at full precision
+    assert torch.equal(batch["regions"].boxes, torch.tensor(s["boxes"]))  # the sample's boxes, at full precision
     s["boxes"][1] = (0.9, 0.2, 0.1, 0.95)
     with pytest.raises(InvalidRegionError, match="box 1"):
         collator()([s])
     grounding = sample(f"where is {R} ?", f"left of {R}", boxes=[(0.1, 0.1, 0.3, 0.3), (0.5, 0.5, 0.7, 0.7)])
     held_out = collator(generate=True)([grounding])  # the answer's box is held out with the answer
-    assert torch.allclose(held_out["boxes"][0], torch.tensor([[0.1, 0.1, 0.3, 0.3]]))
+    assert torch.equal(held_out["regions"].boxes, torch.tensor([[0.1, 0.1, 0.3, 0.3]]))
     assert held_out["answers"] == [f"left of {R}"]
 
 
@@ -384,8 +405,10 @@ def test_box_covers_the_same_pixels_after_regionclip_resize_and_pad(regionclip, 
     batch = col([s2, s])
     inputs = batch["region_inputs"]
     exact = [torch.tensor([box])]  # the canonical box at full precision; the text carries it to 1/1000
-    assert torch.allclose(batch["boxes"][1], exact[0], atol=1.01e-3)  # <L999> is the last grid step
-    rois = regionclip._rois(inputs, [torch.zeros(0, 4)] + exact, [1], torch.device("cpu"))  # (1, 5)
+    assert batch["regions"].image_index.tolist() == [1] and batch["regions"].counts.tolist() == [0, 1]
+    assert torch.allclose(batch["regions"].boxes, exact[0], atol=1.01e-3)  # <L999> is the last grid step
+    rois = regionclip._rois(inputs, Regions.from_per_image([torch.zeros(0, 4)] + exact), [1], torch.device("cpu"))
+    assert rois.shape == (1, 5) and rois[0, 0].item() == 0.0  # batch index 0: the only image with a box
     _, bx1, by1, bx2, by2 = rois[0].tolist()
     hh, ww = inputs.sizes[1].tolist()
     std, mean = torch.tensor([0.26862954, 0.26130258, 0.27577711]), torch.tensor([0.48145466, 0.4578275, 0.40821073])
@@ -434,7 +457,8 @@ def test_text_only_samples_pass_through_a_region_dataset_and_a_mixed_batch_train
                    image_transform=model.image_encoder.transform, num_image_tokens=model.num_image_tokens,
                    region_encoder=model.region_encoder, max_length=64)
     batch = col([ds[i] for i in range(4)])
-    assert batch["image_sample"].tolist() == [0, 2] and batch["n_regions"].tolist() == [1, 0, 1, 0]
+    assert batch["image_sample"].tolist() == [0, 2] and batch["regions"].per_sample(4).tolist() == [1, 0, 1, 0]
+    assert batch["regions"].sample_index.tolist() == [0, 2] and batch["regions"].image_index.tolist() == [0, 1]
     assert col.stats["text_only"] == 2 and col.stats["with_image"] == 2
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)

@@ -1,5 +1,5 @@
 """Data parallelism under ``torchrun --nproc_per_node 2`` on CPU (gloo): DDP, FSDP and DeepSpeed runs match one
-process with the same global batch, and resume exactly (RELIABILITY.md item 23). Marked slow: each case starts
+process with the same global batch, and resume exactly (docs/reliability.md item 23). Marked slow: each case starts
 torchrun twice (~25 s on 2 cores).
 
 Tolerance: the two processes pad their half-batches to their own longest sample and sum gradients in another

@@ -9,6 +9,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pvit.cli import app
+from pvit_evaluators.base import COORDINATE_FORMAT
+from pvit_evaluators.fine_eval import FineEvalEvaluator
+from pvit_evaluators.synth import SynthRegionsEvaluator
 from pvit.recipe import load_recipe
 from pvit.regions import format_pvit
 from pvit.run import run_recipe
@@ -45,15 +48,18 @@ def test_pvit_eval_writes_metrics_per_sample_records_and_a_table(tmp_path):
 
     summary = json.loads((out / "metrics.json").read_text())
     synth = summary["eval"]["synth-regions"]
-    assert 0.0 <= synth["metrics"]["accuracy"] <= 1.0 and synth["n"] == 6
+    assert synth["n"] == 6
     for res in summary["eval"].values():  # every result says how it was measured
         p = res["protocol"]
-        assert p["template"] == "plain" and p["coordinate_format"] and p["matcher"]
+        assert p["template"] == "plain" and p["coordinate_format"] == COORDINATE_FORMAT
         assert p["region_text"] == "<Region><region_patch></Region>" and p["decoding"] == {"do_sample": False}
     assert summary["eval"]["fine-eval"]["protocol"]["max_new_tokens"] == 40
+    assert synth["protocol"]["matcher"] == SynthRegionsEvaluator.matcher
+    assert summary["eval"]["fine-eval"]["protocol"]["matcher"] == FineEvalEvaluator.matcher
 
     rows = [json.loads(x) for x in (out / "synth-regions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"id", "prompt", "prediction", "answer", "correct"} <= set(rows[0])
+    assert synth["metrics"]["accuracy"] == sum(r["correct"] for r in rows) / 6  # the records' mean, exactly
     assert "<Region><L" in "".join(r["prompt"] for r in rows)  # prompts as the dataset wrote them
 
     released = [json.loads(x) for x in (out / "pvit.jsonl").read_text().splitlines()]  # PVIT's fine-eval format

@@ -10,7 +10,7 @@ import pvit
 from pvit.collate import IGNORE_INDEX, Collator
 from pvit.templates import get_template
 from pvit.errors import SpliceError
-from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN
+from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, Regions
 from pvit.compose import build_model
 from pvit.model import PVITModel
 
@@ -92,8 +92,11 @@ def test_splice_places_features_at_placeholders(llama_model):
     img_feats = m.projector(m.image_encoder(batch["pixels"]))  # (B, N, D)
     mask = batch["input_ids"] == m.image_patch_id
     assert torch.allclose(embeds[mask], img_feats.reshape(-1, img_feats.shape[-1]), atol=1e-6)
-    reg = m.region_projector(m.region_encoder(batch["region_inputs"], batch["boxes"]))  # (R, 1, D)
-    reg = reg + m.bbox_embed(torch.cat(batch["boxes"])).unsqueeze(1)
+    regions = batch["regions"]
+    assert torch.equal(regions.boxes, torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 0.9, 0.9]]))
+    assert regions.image_index.tolist() == [0, 1] and regions.sample_index.tolist() == [0, 1]
+    reg = m.region_projector(m.region_encoder(batch["region_inputs"], regions))  # (R, 1, D)
+    reg = reg + m.bbox_embed(regions.boxes).unsqueeze(1)
     rmask = batch["input_ids"] == m.region_patch_id
     assert torch.allclose(embeds[rmask], reg.reshape(-1, reg.shape[-1]), atol=1e-6)
     other = ~(mask | rmask)
@@ -102,7 +105,8 @@ def test_splice_places_features_at_placeholders(llama_model):
 
 def test_count_mismatch_names_sample_and_counts(llama_model):
     batch = collator_for(llama_model)([sample(0), sample(1)])
-    batch["n_regions"] = torch.tensor([1, 2])
+    regions = batch["regions"]  # one box per sample; give sample s1 a second one
+    batch["regions"] = Regions.from_per_image([regions.boxes[:1], regions.boxes[1:].repeat(2, 1)], [0, 1])
     with pytest.raises(SpliceError, match=r"sample s1: 1 region placeholder tokens in the text but 2"):
         llama_model.embed_inputs(batch)
 

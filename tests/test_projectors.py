@@ -46,7 +46,7 @@ def test_batch_norm_over_all_leading_dims():
     proj = _build("linear", input_norm="batch").train()
     g = torch.Generator().manual_seed(0)
     offset = 7.0 + torch.randn(16, generator=g)  # a large per-dimension offset shared by every row
-    x = offset + 0.04 * torch.randn(3, 5, 16, generator=g)  # tiny spread (CALIBRATION.md, frozen random features)
+    x = offset + 0.04 * torch.randn(3, 5, 16, generator=g)  # tiny spread (docs/reproduce.md, tiny run, item 1)
     y = proj.norm(x)
     flat = y.reshape(-1, 16)
     assert torch.allclose(flat.mean(0), torch.zeros(16), atol=1e-4)

@@ -37,14 +37,15 @@ def test_contract(name):
     image_encoder = _image_encoder()
     enc = pvit.build("region_encoder", name, image_encoder=image_encoder, **_options(name))
     summary = check_region_encoder(enc, image_encoder=image_encoder)
-    assert summary["output_shape"][1] == enc.tokens_per_region
+    assert summary["regions"] == 5  # 2 + 3 boxes on the check's 2 images
+    assert summary["output_shape"] == (5, enc.tokens_per_region, enc.out_dim)
 
 
 def test_contract_of_gpt4roi_variant():
     image_encoder = pvit.build("image_encoder", "openclip-vit",
                                model={"image_size": 32, "patch_size": 8, "width": 32, "layers": 4, "head_width": 16})
     enc = pvit.build("region_encoder", "vit-roi", image_encoder=image_encoder, variant="gpt4roi", layers=[1, 2, 3, 4])
-    check_region_encoder(enc, image_encoder=image_encoder)
+    assert check_region_encoder(enc, image_encoder=image_encoder)["output_shape"] == (5, 1, enc.out_dim)
 
 
 def _color_samples(n):

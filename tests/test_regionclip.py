@@ -15,7 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import pvit
 from pvit.errors import CheckpointError, ComponentOptionError, InvalidRegionError
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionEncoder, RegionInputs
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionEncoder, RegionInputs, Regions
 from pvit_regionclip import regionclip
 from pvit_regionclip.checkpoint import convert_to_safetensors
 from pvit_regionclip.config import resolve_config
@@ -61,7 +61,7 @@ def test_full_image_box_equals_clip_image_embedding():
     enc = make_encoder()
     img = torch.randn(1, 3, 288, 288, generator=torch.Generator().manual_seed(0))
     inputs = RegionInputs(pixels=img, sizes=torch.tensor([[288, 288]]))
-    out = enc(inputs, [torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])])
+    out = enc(inputs, Regions.from_per_image([torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])]))
     assert out.shape == (2, 1, 32)
     with torch.no_grad():
         res4 = enc.res4(img)  # (1, 256, 18, 18)
@@ -82,10 +82,10 @@ def test_grid_aligned_box_equals_feature_map_crop():
         pixels[i, :, :h, :w] = torch.randn(3, h, w, generator=g)
     inputs = RegionInputs(pixels=pixels, sizes=torch.tensor(sizes))
     cells = [(10, 4), (5, 2)]  # (a, b): box x1 = 16a, y1 = 16b
-    boxes = [
+    boxes = Regions.from_per_image([
         torch.tensor([[16 * a / w, 16 * b / h, (16 * a + 288) / w, (16 * b + 288) / h]])
         for (a, b), (h, w) in zip(cells, sizes)
-    ]
+    ])
     out = enc(inputs, boxes)  # (2, 1, 32)
     with torch.no_grad():
         res4 = enc.res4(pixels)  # (2, 256, 26, 38)
@@ -105,13 +105,13 @@ def test_images_without_boxes_are_skipped_and_order_is_kept():
     inputs = RegionInputs(pixels=pixels, sizes=torch.tensor([[64, 96], [64, 96], [60, 80]]))
     b0 = torch.tensor([[0.1, 0.1, 0.6, 0.9], [0.0, 0.0, 1.0, 1.0]])
     b2 = torch.tensor([[0.2, 0.3, 0.7, 0.8]])
-    full = enc(inputs, [b0, torch.zeros(0, 4), b2])  # (3, 1, 64)
+    full = enc(inputs, Regions.from_per_image([b0, torch.zeros(0, 4), b2]))  # (3, 1, 64)
     assert full.shape == (3, 1, enc.out_dim)
-    alone = enc(RegionInputs(pixels=pixels[2:], sizes=inputs.sizes[2:]), [b2])
+    alone = enc(RegionInputs(pixels=pixels[2:], sizes=inputs.sizes[2:]), Regions.from_per_image([b2]))
     assert torch.allclose(full[2], alone[0], rtol=1e-5, atol=1e-5 * alone.abs().max().item())
-    assert enc(inputs, [[], [], []]).shape == (0, 1, enc.out_dim)
-    with pytest.raises(InvalidRegionError, match="2 images"):
-        enc(inputs, [b0, b2])
+    assert enc(inputs, Regions.empty(3)).shape == (0, 1, enc.out_dim)
+    with pytest.raises(InvalidRegionError, match="regions of 2 images but the batch has 3 images"):
+        enc(inputs, Regions.from_per_image([b0, b2]))
 
 
 def test_mean_query_attnpool_equals_clip_attnpool():
@@ -128,7 +128,7 @@ def test_bf16_autocast_runs_and_stays_close():
     enc = make_encoder(model="tiny")
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     inputs = RegionInputs(pixels=pixels, sizes=torch.tensor([[64, 64]]))
-    boxes = [torch.tensor([[0.1, 0.2, 0.9, 0.7]])]
+    boxes = Regions.from_per_image([torch.tensor([[0.1, 0.2, 0.9, 0.7]])])
     ref = enc(inputs, boxes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = enc(inputs, boxes)
@@ -154,7 +154,7 @@ def test_region_encoder_contract(frozen):
 
     enc = regionclip(model="tiny", seed=0, min_size=64, max_size=128, frozen=frozen)
     report = check_region_encoder(enc)
-    assert report["output_shape"] == (report["regions"], 1, 64)
+    assert report["regions"] == 5 and report["output_shape"] == (5, 1, 64)
     assert report["backward"] is (not frozen)
 
 
@@ -199,7 +199,7 @@ def test_frozen_encoder_stays_eval_and_never_changes():
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4), requires_grad=True)
     inputs = RegionInputs(pixels=pixels, sizes=torch.tensor([[64, 64], [64, 48]]))
-    boxes = [torch.tensor([[0.1, 0.1, 0.5, 0.5]]), torch.tensor([[0.0, 0.2, 1.0, 0.9]])]
+    boxes = Regions.from_per_image([torch.tensor([[0.1, 0.1, 0.5, 0.5]]), torch.tensor([[0.0, 0.2, 1.0, 0.9]])])
     a, b = enc(inputs, boxes), enc(inputs, boxes)
     assert torch.equal(a, b) and not a.requires_grad
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
@@ -211,7 +211,7 @@ def test_unfrozen_encoder_trains_conv_weights_but_not_bn():
     assert enc.training
     bn_before = {k: v.clone() for k, v in enc.state_dict().items() if "bn" in k or "downsample.1" in k}
     inputs = RegionInputs(pixels=torch.randn(1, 3, 64, 64), sizes=torch.tensor([[64, 64]]))
-    boxes = [torch.tensor([[0.1, 0.1, 0.9, 0.9]])]
+    boxes = Regions.from_per_image([torch.tensor([[0.1, 0.1, 0.9, 0.9]])])
     a = enc(inputs, boxes)
     a.sum().backward()
     assert enc.visual.conv1.weight.grad is not None and enc.visual.conv1.weight.grad.abs().sum() > 0
@@ -286,7 +286,7 @@ def test_regionclip_checkpoint_loads_backbone_only(tmp_path, prefix):
     assert not torch.equal(enc.visual.conv1.weight, ckpt[f"{prefix}teacher_backbone.conv1.weight"])
     pixels = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(5))
     inputs = RegionInputs(pixels=pixels, sizes=torch.tensor([[64, 80]]))
-    boxes = [torch.tensor([[0.1, 0.0, 0.8, 0.9], [0.5, 0.5, 1.0, 1.0]])]
+    boxes = Regions.from_per_image([torch.tensor([[0.1, 0.0, 0.8, 0.9], [0.5, 0.5, 1.0, 1.0]])])
     assert torch.equal(enc(inputs, boxes), src(inputs, boxes))
 
     st_path = convert_to_safetensors(path, tmp_path / "visual.safetensors")

@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 import pvit
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 from pvit.testing import check_image_encoder, check_projector, check_region_encoder
 
 
@@ -51,10 +51,10 @@ class FakeRegionCLIP(nn.Module):
     def features(self, inputs):
         return self.backbone(inputs.pixels)  # (B, 6, H/2, W/2)
 
-    def forward(self, inputs, boxes):
+    def forward(self, inputs, regions):
         feats = self.features(inputs)
         scale = [torch.stack([s[1], s[0], s[1], s[0]]).float() for s in inputs.sizes]
-        rois = [bx * sc for bx, sc in zip(boxes, scale)]  # pixels of the resized image
+        rois = [bx * sc for bx, sc in zip(regions.per_image(), scale)]  # pixels of the resized image
         pooled = roi_align(feats, rois, output_size=2, spatial_scale=0.5, aligned=True)  # (R, 6, 2, 2)
         return self.head(pooled.mean((2, 3))).unsqueeze(1)  # (R, 1, D)
 
@@ -110,10 +110,10 @@ class FakeViTRoI(nn.Module):
     def collate(self, prepared):
         return RegionInputs()
 
-    def forward(self, inputs, boxes):
+    def forward(self, inputs, regions):
         fmap = inputs.image_maps[0]  # (B, C, gh, gw)
         gh, gw = fmap.shape[2:]
-        rois = [bx * torch.tensor([gw, gh, gw, gh], dtype=bx.dtype) for bx in boxes]
+        rois = [bx * torch.tensor([gw, gh, gw, gh], dtype=bx.dtype) for bx in regions.per_image()]
         pooled = roi_align(fmap, rois, output_size=2, spatial_scale=1.0, aligned=True)  # (R, C, 2, 2)
         return self.head(pooled.mean((2, 3))).unsqueeze(1)  # (R, 1, D)
 
@@ -152,8 +152,8 @@ def test_every_installed_region_encoder_that_needs_no_weights_passes():
 
 
 class WrongShape(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
-        return super().forward(inputs, boxes)[..., :-1]
+    def forward(self, inputs, regions):
+        return super().forward(inputs, regions)[..., :-1]
 
 
 class WrongTokenCount(FakeRegionCLIP):
@@ -167,26 +167,26 @@ class UnlistedToken(FakeRegionCLIP):
 
 
 class NonFinite(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
-        out = super().forward(inputs, boxes)
+    def forward(self, inputs, regions):
+        out = super().forward(inputs, regions)
         return out * torch.tensor(float("nan"))
 
 
 class SortsBoxes(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
-        return super().forward(inputs, [bx[bx[:, 0].argsort()] for bx in boxes])
+    def forward(self, inputs, regions):
+        return super().forward(inputs, Regions.from_per_image([bx[bx[:, 0].argsort()] for bx in regions.per_image()]))
 
 
 class Unfreezes(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
+    def forward(self, inputs, regions):
         self.backbone.requires_grad_(True)
-        return super().forward(inputs, boxes)
+        return super().forward(inputs, regions)
 
 
 class WritesFrozenGrad(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
+    def forward(self, inputs, regions):
         self.backbone.bias.grad = torch.ones_like(self.backbone.bias)
-        return super().forward(inputs, boxes)
+        return super().forward(inputs, regions)
 
 
 class UpdatesFrozenBatchNorm(FakeRegionCLIP):
@@ -199,8 +199,8 @@ class UpdatesFrozenBatchNorm(FakeRegionCLIP):
 
 
 class Detached(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
-        return super().forward(inputs, boxes).detach()
+    def forward(self, inputs, regions):
+        return super().forward(inputs, regions).detach()
 
 
 class StringK(FakeRegionCLIP):
@@ -225,13 +225,13 @@ class ConstantText(FakeRegionCLIP):
     def region_text(self, box):
         return "<box>"
 
-    def forward(self, inputs, boxes):
-        return torch.zeros(sum(len(b) for b in boxes), 0, 0)
+    def forward(self, inputs, regions):
+        return torch.zeros(len(regions), 0, 0)
 
 
 class DependsOnOtherImages(FakeRegionCLIP):
-    def forward(self, inputs, boxes):
-        out = super().forward(inputs, boxes)
+    def forward(self, inputs, regions):
+        out = super().forward(inputs, regions)
         return out + out.mean(0, keepdim=True)
 
 

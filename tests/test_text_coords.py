@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import pvit
 from pvit import regions
 from pvit.errors import InvalidRegionError
-from pvit.interfaces import REGION_END, REGION_START, RegionEncoder, RegionInputs
+from pvit.interfaces import REGION_END, REGION_START, RegionEncoder, RegionInputs, Regions
 from pvit.testing import check_region_encoder
 
 BOX = (0.204, 0.469, 0.81, 0.96)
@@ -74,11 +74,11 @@ def test_prepare_collate_forward(encoder):
     inputs = encoder.collate([None, None])
     assert isinstance(inputs, RegionInputs) and inputs.pixels is None and inputs.image_maps == []
     boxes = [torch.rand(2, 4), torch.zeros(0, 4), torch.rand(3, 4)]
-    out = encoder(inputs, boxes)
+    out = encoder(inputs, Regions.from_per_image(boxes))
     assert out.shape == (5, 0, 0) and out.dtype == torch.float32
-    assert encoder(inputs, []).shape == (0, 0, 0)
-    with pytest.raises(ValueError, match=r"image 1 .*\(3,\)"):
-        encoder(inputs, [torch.rand(1, 4), torch.rand(3)])
+    assert encoder(inputs, Regions.empty(2)).shape == (0, 0, 0)
+    with pytest.raises(ValueError, match=r"image 1 .*\(3,\).*\(R_b, 4\)"):  # shapes are checked once, in Regions
+        Regions.from_per_image([torch.rand(1, 4), torch.rand(3)])
 
 
 def test_passes_the_region_encoder_contract(encoder):

@@ -8,7 +8,7 @@ from torch import nn
 
 import pvit
 from pvit.errors import ComponentOptionError, InvalidRegionError
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 from pvit.testing import check_region_encoder
 from pvit_vision.tiny import TINY_OPTIONS
 from pvit_vit_roi.encoder import gpt4roi_layers
@@ -37,7 +37,8 @@ def _inputs(vit, layers, pixels):
 
 
 PIXELS = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # (B, 3, H, W)
-BOXES = [torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.3, 0.3, 0.9, 0.7]])]
+PER_IMAGE = [torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.3, 0.3, 0.9, 0.7]])]
+BOXES = Regions.from_per_image(PER_IMAGE)  # 3 regions: 2 on image 0, 1 on image 1
 
 
 def test_attributes_and_text(vit):
@@ -56,7 +57,7 @@ def test_attributes_and_text(vit):
 def test_full_box_with_grid_output_returns_the_grid(vit, sampling_ratio):
     enc = _roi(vit, output_size=8, sampling_ratio=sampling_ratio, layers=[-1])
     inputs = _inputs(vit, [-1], PIXELS)
-    full = [torch.tensor([[0.0, 0.0, 1.0, 1.0]])] * 2
+    full = Regions.from_per_image([torch.tensor([[0.0, 0.0, 1.0, 1.0]])] * 2)
     out = enc(inputs, full)  # (2, 1, C * 8 * 8)
     assert out.shape == (2, 1, 64 * 64)
     assert torch.equal(out.reshape(2, 64, 8, 8), inputs.image_maps[0])
@@ -70,7 +71,7 @@ def test_grid_aligned_box_returns_the_crop(vit, x, y, size):
     maps = [torch.randn(1, 64, 8, 8)]
     box = torch.tensor([[x / 8, y / 8, (x + s) / 8, (y + s) / 8]])
     enc = _roi(vit, output_size=s, sampling_ratio=1)
-    out = enc(RegionInputs(image_maps=maps, image_size=(64, 64)), [box]).reshape(64, s, s)
+    out = enc(RegionInputs(image_maps=maps, image_size=(64, 64)), Regions.from_per_image([box])).reshape(64, s, s)
     assert torch.equal(out, maps[0][0, :, y : y + s, x : x + s])
 
 
@@ -78,7 +79,7 @@ def test_boxes_are_scaled_by_the_squashed_input_size(vit):
     """Normalised boxes map to the same cells whatever ``image_size`` is, including non-square maps."""
     enc = _roi(vit, output_size=2, sampling_ratio=1)
     maps = [torch.randn(1, 64, 4, 8)]  # gh=4, gw=8
-    box = [torch.tensor([[0.5, 0.5, 0.75, 1.0]])]  # cells x 4..6, y 2..4
+    box = Regions.from_per_image([torch.tensor([[0.5, 0.5, 0.75, 1.0]])])  # cells x 4..6, y 2..4
     for size in ((64, 64), (32, 128)):
         out = enc(RegionInputs(image_maps=maps, image_size=size), box).reshape(64, 2, 2)
         assert torch.allclose(out, maps[0][0, :, 2:4, 4:6], atol=1e-6)
@@ -94,7 +95,7 @@ def test_contract_and_shapes_per_image_encoder(image_encoders, name, variant):
     assert summary["output_shape"][1:] == (1, enc.out_dim)
     out = enc(_inputs(vit, enc.image_layers, PIXELS), BOXES)
     assert out.shape == (3, 1, enc.out_dim)
-    assert enc(_inputs(vit, enc.image_layers, PIXELS), [torch.zeros(0, 4), torch.zeros(0, 4)]).shape == (0, 1, enc.out_dim)
+    assert enc(_inputs(vit, enc.image_layers, PIXELS), Regions.empty(2)).shape == (0, 1, enc.out_dim)
 
 
 def test_light_mlp_and_multi_level(vit):
@@ -112,7 +113,7 @@ def test_layer_selection(vit):
     enc = _roi(vit, layers=[0, -1, 1], output_size=8, sampling_ratio=1)
     assert enc.image_layers == [0, -1, 1]
     inputs = _inputs(vit, enc.image_layers, PIXELS)
-    out = enc(inputs, [torch.tensor([[0.0, 0.0, 1.0, 1.0]])] * 2).reshape(2, 3, 64, 8, 8)
+    out = enc(inputs, Regions.from_per_image([torch.tensor([[0.0, 0.0, 1.0, 1.0]])] * 2)).reshape(2, 3, 64, 8, 8)
     for i, layer in enumerate([0, -1, 1]):
         assert torch.equal(out[:, i], vit.forward_with_maps(PIXELS, [layer])[1][0])
     assert not torch.equal(out[:, 0], out[:, 1])
@@ -145,7 +146,7 @@ def test_output_rows_follow_image_then_mention_order(vit):
     inputs = _inputs(vit, enc.image_layers, PIXELS)
     out = enc(inputs, BOXES)
     one = RegionInputs(image_maps=[m[1:] for m in inputs.image_maps], image_size=inputs.image_size)
-    assert torch.allclose(out[2], enc(one, [BOXES[1]])[0], atol=1e-5)
+    assert torch.allclose(out[2], enc(one, Regions.from_per_image([PER_IMAGE[1]]))[0], atol=1e-5)
 
 
 def test_gpt4roi_layers_rule_and_structure(vit):
@@ -199,10 +200,8 @@ def test_errors(vit):
         _roi(vit, output_size=0)
     enc = _roi(vit)
     inputs = _inputs(vit, [-2], PIXELS)
-    with pytest.raises(InvalidRegionError, match="boxes for 1 images but image maps for 2"):
-        enc(inputs, BOXES[:1])
-    with pytest.raises(InvalidRegionError, match=r"\(R_b, 4\)"):
-        enc(inputs, [torch.zeros(2, 3), torch.zeros(1, 4)])
+    with pytest.raises(InvalidRegionError, match="regions of 1 images but image maps for 2"):
+        enc(inputs, Regions.from_per_image(PER_IMAGE[:1]))
 
 
 def test_bf16_maps(vit):

@@ -72,7 +72,7 @@ FIELD_DOCS = {
     "Optim.clip_grad": "Gradient-norm clipping; null disables it.",
     "Optim.precision": "`fp32` or `bf16` (autocast, also on CPU).",
     "Engine.strategy": "Distribution strategy of the training engine; `auto` lets pvit choose.",
-    "Engine.device": "`auto` (CUDA when available, else CPU) or a device name.",
+    "Engine.device": "`auto` (CUDA when available, else CPU), `cpu`, `cuda` (this process's GPU) or `cuda:N`; see [the device](recipes.md#engine-device).",
     "Engine.num_workers": "Data-loader worker processes.",
     "Engine.log_every": "Print loss, learning rate and speed every N steps.",
     "Engine.checkpoint_every": "Save a resumable checkpoint every N steps (and at the end of a stage).",
@@ -80,6 +80,8 @@ FIELD_DOCS = {
     "Engine.tensorboard": "Write TensorBoard logs.",
     "Engine.progress": "Print progress lines.",
     "Engine.deterministic": "Ask torch for deterministic algorithms (slower).",
+    "Engine.measure_flops": "Count one training step's FLOPs after each stage and report FLOP/s and MFU against a "
+                            "measured matmul peak (cached in `~/.cache/pvit`).",
 }
 SCHEMA_ORDER = ("Recipe", "Model", "Component", "Stage", "Optim", "Engine")
 

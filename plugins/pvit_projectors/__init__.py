@@ -13,7 +13,7 @@ def make_linear(in_dim: int, out_dim: int, input_norm: str = "none", bias: bool 
     Options (``in_dim`` / ``out_dim`` are wired by pvit from the encoder and the LLM):
         input_norm: ``none`` (PVIT), ``layer`` (LayerNorm) or ``batch`` (BatchNorm1d over every token of the
             batch; the choice for frozen random encoders, whose features have a tiny per-dimension spread
-            around a large common offset: see CALIBRATION.md "What made the difference").
+            around a large common offset: see docs/reproduce.md "What the tiny run learns, and why").
         bias: bias of the linear layer.
         checkpoint: a LLaVA-style projector file (``mm_projector.bin`` or ``.safetensors``) to start from.
         prefix: the key prefix of the projector in that file (LLaVA: ``model.mm_projector.``).

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from pvit.errors import ComponentOptionError
 
-#: Presets that are not open_clip configs. "tiny" builds in milliseconds (CALIBRATION.md, variant (a)).
+#: Presets that are not open_clip configs. "tiny" builds in milliseconds (docs/reproduce.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"layers": [1, 1, 1, 1], "width": 16, "image_size": 64, "output_dim": 64},
 }

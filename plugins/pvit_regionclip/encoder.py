@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from pvit.errors import ComponentOptionError, InvalidRegionError
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 from pvit_regionclip.attnpool import mean_query_attnpool
 from pvit_regionclip.config import ResNetConfig
 from pvit_regionclip.preprocess import collate_images, prepare_image
@@ -105,42 +105,43 @@ class RegionCLIPEncoder(nn.Module):
         x = self.visual.layer4(pooled)  # (R, 2C, S/2, S/2)
         return mean_query_attnpool(self.visual.attnpool, x)  # (R, out_dim), = visual.attnpool(x)
 
-    def _rois(self, inputs: RegionInputs, boxes: list, keep: list[int], device: torch.device) -> torch.Tensor:
+    def _rois(self, inputs: RegionInputs, regions: Regions, keep: list[int], device: torch.device) -> torch.Tensor:
         """Normalised boxes of the kept images -> (R, 5) rois in resized-image pixels, batch index into ``keep``."""
-        sizes = inputs.sizes.tolist()
-        rois = []
-        for j, i in enumerate(keep):
-            h, w = sizes[i]
-            if h <= 0 or w <= 0:
-                raise InvalidRegionError(f"regionclip: image {i} of the batch has no pixels but {len(boxes[i])} boxes")
-            b = boxes[i].to(device=device, dtype=torch.float32)  # (R_b, 4)
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-            idx = torch.full((b.shape[0], 1), float(j), device=device)  # (R_b, 1)
-            rois.append(torch.cat([idx, b * scale], dim=1))  # (R_b, 5)
-        return torch.cat(rois)  # (R, 5)
+        sizes = inputs.sizes.to(device="cpu", dtype=torch.long)  # (B_i, 2) = (h, w)
+        empty = [i for i in keep if int(sizes[i].min()) <= 0]
+        if empty:
+            i = empty[0]
+            raise InvalidRegionError(
+                f"regionclip: image {i} of the batch has no pixels but {int(regions.counts[i])} boxes"
+            )
+        slot = torch.full((len(regions.counts),), -1, dtype=torch.long)  # (B_i,) position of each image in keep
+        slot[keep] = torch.arange(len(keep))
+        image_index = regions.image_index.cpu()  # (R,)
+        hw = sizes[image_index].to(device=device, dtype=torch.float32)  # (R, 2)
+        scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)  # (R, 4) = (w, h, w, h)
+        idx = slot[image_index].to(device=device, dtype=torch.float32).unsqueeze(1)  # (R, 1)
+        b = regions.boxes.to(device=device, dtype=torch.float32)  # (R, 4)
+        return torch.cat([idx, b * scale], dim=1)  # (R, 5)
 
-    def forward(self, inputs: RegionInputs, boxes: list) -> torch.Tensor:
-        """Boxes per image, each (R_b, 4) xyxy in [0, 1] of the original image -> (R, 1, out_dim).
+    def forward(self, inputs: RegionInputs, regions: Regions) -> torch.Tensor:
+        """The batch's Regions (boxes xyxy in [0, 1] of the original image) -> (R, 1, out_dim).
 
-        R = sum R_b, in image order then box order. Images without boxes are skipped (no backbone pass).
-        The output has the weights' dtype (fp32 unless the module was cast), also under autocast.
+        Rows follow ``regions.boxes`` (image order, then box order). Images without boxes are skipped (no
+        backbone pass). The output has the weights' dtype (fp32 unless the module was cast), also under autocast.
         """
         if inputs.pixels is None or inputs.sizes is None:
             raise ValueError("regionclip needs RegionInputs.pixels and .sizes from its own prepare/collate")
         n_img = inputs.pixels.shape[0]
-        if len(boxes) != n_img:
-            raise InvalidRegionError(f"regionclip: got boxes for {len(boxes)} images but the batch has {n_img} images")
-        boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) if len(b) == 0 else torch.as_tensor(b) for b in boxes]
-        for i, b in enumerate(boxes):
-            if b.dim() != 2 or b.shape[1] != 4:
-                raise InvalidRegionError(f"regionclip: boxes of image {i} have shape {tuple(b.shape)}, expected (R, 4)")
+        if len(regions.counts) != n_img:
+            raise InvalidRegionError(f"regionclip: got regions of {len(regions.counts)} images but the batch has "
+                                     f"{n_img} images; give RegionInputs and Regions of the same images")
         param = self.visual.conv1.weight
-        keep = [i for i, b in enumerate(boxes) if b.shape[0] > 0]
+        keep = [i for i, n in enumerate(regions.counts.tolist()) if n > 0]
         if not keep:
             return param.new_zeros((0, 1, self.out_dim))  # (0, 1, D)
         grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with grad:
-            rois = self._rois(inputs, boxes, keep, param.device)  # (R, 5)
+            rois = self._rois(inputs, regions, keep, param.device)  # (R, 5)
             pixels = inputs.pixels if len(keep) == n_img else inputs.pixels[keep]  # (B', 3, H, W)
             pixels = pixels.to(device=param.device, dtype=param.dtype)
             feats = self.head(self.roi_features(self.res4(pixels), rois))  # (R, D)

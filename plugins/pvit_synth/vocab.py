@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: Every shape kind the renderer can draw (the first five are the default set of CALIBRATION.md).
+#: Every shape kind the renderer can draw (the first five are the default set of the tiny run, docs/reproduce.md).
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring", "hexagon", "star")
 DEFAULT_SHAPES = SHAPES[:5]
 

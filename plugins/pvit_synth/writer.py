@@ -26,7 +26,7 @@ def write_pvit(dataset, path, *, key: str | None = None, source: str = "synth", 
                image_format: str = "png", relative_to=None) -> Path:
     """Write every sample of ``dataset`` under stage folder ``path`` and return ``path``.
 
-    Layout (REGION_SPEC.md section 6)::
+    Layout (docs/regions.md, "PVIT's data format")::
 
         path/mapping.yaml          image_paths: {source: <image folder>}, mapping: {key: source}, count: {key: n}
         path/<key>.json            one JSON array of {"id", "image", "conversations", "meta"}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pvit import regions
-from pvit.interfaces import REGION_END, REGION_START, RegionInputs
+from pvit.interfaces import REGION_END, REGION_START, RegionInputs, Regions
 
 STYLES = ("pvit", "shikra")
 
@@ -57,15 +57,11 @@ class TextCoordsEncoder(nn.Module):
         """Nothing to batch: an empty RegionInputs."""
         return RegionInputs()
 
-    def forward(self, inputs: RegionInputs, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Boxes per image, each (R_b, 4) -> an empty (R, 0, 0) tensor, R = sum R_b."""
-        for b, bx in enumerate(boxes):
-            if bx.dim() != 2 or bx.shape[-1] != 4:
-                raise ValueError(f"text-coords: boxes of image {b} have shape {tuple(bx.shape)}, expected (R_b, 4)")
-        n = sum(int(bx.shape[0]) for bx in boxes)
-        device = boxes[0].device if boxes else None
-        dtype = boxes[0].dtype if boxes and boxes[0].is_floating_point() else torch.float32
-        return torch.zeros(n, 0, 0, device=device, dtype=dtype)  # (R, 0, 0)
+    def forward(self, inputs: RegionInputs, regions: Regions) -> torch.Tensor:
+        """The batch's Regions -> an empty (R, 0, 0) tensor on the boxes' device."""
+        boxes = regions.boxes  # (R, 4)
+        dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+        return torch.zeros(len(regions), 0, 0, device=boxes.device, dtype=dtype)  # (R, 0, 0)
 
     def decode(self, text: str, *, policy: str = "drop", stats: regions.RegionStats | None = None) -> list[tuple]:
         """Boxes written in ``text`` in this encoder's style, in order (canonical xyxy in [0, 1]).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: ``pvit.build("image_encoder", name, **TINY_OPTIONS[name])`` gives an 8x8 grid of 64-d tokens (CALIBRATION.md size).
+#: ``pvit.build("image_encoder", name, **TINY_OPTIONS[name])`` gives an 8x8 grid of 64-d tokens (docs/reproduce.md).
 TINY_OPTIONS: dict[str, dict] = {
     "hf-clip": {
         "config": {

@@ -25,7 +25,7 @@ def make_vit_roi(
             layer, concatenate the levels' channels, flatten, optional MLP) or ``gpt4roi`` (GPT4RoI's
             multi-level module: coordinate channels, per-level 1x1 convs, channel-shuffle fuse rounds,
             RoIAlign per level, 3x3 convs summed, ReLU, flatten, Linear, plus a box position embedding;
-            REGION_SPEC.md section 3; about 0.3B parameters at ViT-L width).
+            docs/regions.md, "GPT4RoI region features"; about 0.3B parameters at ViT-L width).
         layers: hidden-state indices (Hugging Face semantics: 0 embeddings, k block k, negative from the end).
             Default: light ``[-2]`` (LLaVA's feature layer); gpt4roi GPT4RoI's rule
             ``hidden_states[-2::-3][::-1][-4:]`` on the encoder's depth (= [14, 17, 20, 23] for CLIP ViT-L/14).

@@ -7,12 +7,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pvit.errors import ComponentOptionError
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit.errors import ComponentOptionError, InvalidRegionError
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 
 from .gpt4roi import GPT4RoIHead
 from .light import LightRoIHead
-from .rois import stack_boxes
 
 NAME = "vit-roi"
 VARIANTS = ("light", "gpt4roi")
@@ -119,8 +118,8 @@ class ViTRoIEncoder(nn.Module):
         """Nothing to batch; the core fills ``image_maps`` and ``image_size``."""
         return RegionInputs()
 
-    def forward(self, inputs: RegionInputs, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Maps [(B, C, gh, gw)] per ``image_layers`` + boxes [(R_b, 4) normalised xyxy] -> (R, 1, out_dim)."""
+    def forward(self, inputs: RegionInputs, regions: Regions) -> torch.Tensor:
+        """Maps [(B_i, C, gh, gw)] per ``image_layers`` + the batch's Regions -> (R, 1, out_dim)."""
         maps = list(inputs.image_maps)
         if len(maps) != len(self.image_layers):
             raise ValueError(
@@ -134,7 +133,12 @@ class ViTRoIEncoder(nn.Module):
                     f"{NAME}: image maps must all be (B, {self.in_channels}, gh, gw); got {[tuple(x.shape) for x in maps]}"
                 )
         image_size = tuple(inputs.image_size) if inputs.image_size is not None else self.image_size
-        image_idx, flat = stack_boxes(boxes, shape[0], maps[0].device)  # (R,), (R, 4)
+        if len(regions.counts) != shape[0]:
+            raise InvalidRegionError(f"{NAME}: got regions of {len(regions.counts)} images but image maps for "
+                                     f"{shape[0]}; the maps need one row per image of the Regions")
+        device = maps[0].device
+        image_idx = regions.image_index.to(device=device, dtype=torch.float32)  # (R,)
+        flat = regions.boxes.to(device=device, dtype=torch.float32)  # (R, 4)
         return self.head(maps, image_idx, flat, image_size).unsqueeze(1)  # (R, 1, out_dim)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""GPT4RoI's multi-level RoI module (MLVLFuseModule + MlvlRoIExtractor), rebuilt from REGION_SPEC.md section 3.
+"""GPT4RoI's multi-level RoI module (MLVLFuseModule + MlvlRoIExtractor), after docs/regions.md.
 
 Pipeline for L levels (GPT4RoI: hidden states 14, 17, 20, 23 of CLIP ViT-L/14, a 16x16 grid):
 1. level i is resized (bilinear, align_corners=True) to ``grid * 2**(L-1-i)`` (128, 64, 32, 16 for ViT-L);

@@ -12,7 +12,7 @@ class LightRoIHead(nn.Module):
     """RoIAlign every box on every level's (B, C, gh, gw) map -> concat channels -> flatten -> [MLP].
 
     Without ``out_dim`` the head has no parameters and returns the flattened pooled features,
-    ``L * C * s * s`` wide (the CALIBRATION.md ViT-RoI design: pair it with a projector using
+    ``L * C * s * s`` wide (the tiny run's design, docs/reproduce.md: pair it with a projector using
     ``input_norm: batch``). With ``out_dim`` a Linear-GELU-Linear MLP maps them to ``out_dim``.
     """
 

@@ -1,27 +1,9 @@
-"""Boxes (normalised xyxy per image) -> torchvision RoIs on a feature map, and the shared roi_align call."""
+"""Normalised boxes -> torchvision RoIs on a feature map, and the shared roi_align call."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.ops import roi_align
-
-from pvit.errors import InvalidRegionError
-
-
-def stack_boxes(boxes: list[torch.Tensor], batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(R_b, 4) per image] -> (image index (R,), boxes (R, 4) float32), in image order then mention order."""
-    if len(boxes) != batch:
-        raise InvalidRegionError(f"vit-roi: got boxes for {len(boxes)} images but image maps for {batch}")
-    idx, flat = [], []
-    for b, bx in enumerate(boxes):
-        bx = torch.as_tensor(bx, dtype=torch.float32, device=device)
-        if bx.dim() == 1 and bx.numel() == 0:
-            bx = bx.reshape(0, 4)
-        if bx.dim() != 2 or bx.shape[1] != 4:
-            raise InvalidRegionError(f"vit-roi: boxes of image {b} must be (R_b, 4) xyxy in [0, 1], got {tuple(bx.shape)}")
-        flat.append(bx)  # (R_b, 4)
-        idx.append(torch.full((bx.shape[0],), b, dtype=torch.float32, device=device))  # (R_b,)
-    return torch.cat(idx), torch.cat(flat)  # (R,), (R, 4)
 
 
 def rois_on_map(

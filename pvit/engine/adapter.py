@@ -9,11 +9,10 @@ import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
+from pvit.interfaces import IGNORE_INDEX
 from pvit.model import PVITModel, batch_to
 from pvit.slots import frozen_components
 
-#: Label value of tokens that are not trained on (Hugging Face's convention).
-IGNORE_INDEX = -100
 PRECISIONS = ("fp32", "bf16")
 
 

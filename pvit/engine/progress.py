@@ -1,4 +1,5 @@
-"""A stage's progress on rank 0 (a rich bar on a terminal, else a line every few steps) and its loss record."""
+"""A stage's progress on rank 0 (a rich bar on a terminal, else a line every few steps), its loss record, and
+its step rate (for FLOP/s and MFU)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ class ProgressHook(Hook):
     priority = "VERY_LOW"
 
     def __init__(self, stage_name: str, total: int, log_every: int, progress: bool, losses: list,
-                 samples_per_step: int):
+                 samples_per_step: int, flops: dict | None = None):
         self.stage_name, self.total, self.log_every, self.progress = stage_name, total, log_every, progress
         self.losses, self.samples_per_step = losses, samples_per_step
         self.display: Display | None = None
+        self.flops = flops  # filled in: steps_per_s
 
     def before_train(self, runner):
         self.t0, self.start = time.time(), runner.iter
@@ -64,5 +66,7 @@ class ProgressHook(Hook):
             self.display.update(it, loss, lr, rate, rate * self.samples_per_step)
 
     def after_train(self, runner):
+        if self.flops is not None and runner.iter > self.start:
+            self.flops["steps_per_s"] = (runner.iter - self.start) / max(time.time() - self.t0, 1e-9)
         if self.display is not None:
             self.display.close()

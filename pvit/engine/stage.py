@@ -40,6 +40,7 @@ class StageResult:
     trainable: dict[str, int]
     strategy: str = "single"
     world: int = 1
+    flops: dict | None = None
 
 
 def _check(stage: Any, strategy: str, where: str) -> None:
@@ -63,7 +64,7 @@ def _warn_batchnorm(model: nn.Module, trainable: list[str], where: str) -> None:
     if names:
         logging.getLogger("pvit").warning(
             "%s: %s normalise with per-process batch statistics under data parallelism, so losses differ "
-            "slightly from one process with the same global batch (input_norm: layer avoids this)", where,
+            "slightly from one process with the same global batch (a LayerNorm input norm avoids this)", where,
             ", ".join(names))
 
 
@@ -140,8 +141,9 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
     optimizer = torch.optim.AdamW(param_groups(trainer, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas))
     clip = dict(max_norm=float(optim.clip_grad)) if optim.clip_grad else None
     losses: list[tuple[int, float]] = []
+    flops: dict | None = {} if getattr(engine_cfg, "measure_flops", False) else None
     hooks = [ProgressHook(stage.name, iters, engine_cfg.log_every, engine_cfg.progress, losses,
-                          optim.batch_size * info.world), RngStateHook(), *extra_hooks]
+                          optim.batch_size * info.world, flops), RngStateHook(), *extra_hooks]
     vis = None
     if engine_cfg.tensorboard:
         vis = dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend")],
@@ -199,7 +201,52 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
             release(trainer, full_state_fsdp(runner.model))
         elif strategy == "deepspeed":
             release(trainer)
+        seconds = time.time() - t0
+        if flops is not None:
+            flops["flops_per_step"] = count_step_flops(model, dataset, collator, optim)
     finally:
         state.remove()
         _stop_workers(runner)
-    return StageResult(stage.name, iters, losses, time.time() - t0, state.counts, strategy, info.world)
+    if flops:
+        flops = utilisation(flops, next(model.llm.parameters()).device, optim.precision)
+    return StageResult(stage.name, iters, losses, seconds, state.counts, strategy, info.world, flops)
+
+
+def count_step_flops(model: PVITModel, dataset, collator, optim: Any) -> int:
+    """FLOPs of one training step (forward and backward; the optimiser's few per parameter are left out) on the
+    stage's first ``batch_size`` samples, counted after the stage so that nothing it does can touch training:
+    RNG state forked, BatchNorm statistics frozen (eval mode), gradients cleared afterwards. x ``grad_accum``."""
+    from pvit.engine.adapter import autocast
+    from pvit.flops import StepFlops
+    from pvit.model import batch_to
+
+    device = next(model.llm.parameters()).device
+    batch = batch_to(collator([dataset[i] for i in range(min(optim.batch_size, len(dataset)))]), device)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    counter = StepFlops()
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+        counter.start()
+        try:
+            with autocast(optim.precision, device):
+                loss = model(batch).loss
+            loss.float().backward()
+        finally:
+            total = counter.stop()
+    for p in model.parameters():
+        p.grad = None
+    for m, mode in modes.items():
+        m.training = mode
+    return total * int(optim.grad_accum)
+
+
+def utilisation(flops: dict, device: torch.device, precision: str) -> dict:
+    """Add achieved FLOP/s and MFU (against the measured matmul peak in the stage's precision) to ``flops``."""
+    from pvit.flops import peak_flops
+
+    if "flops_per_step" not in flops or "steps_per_s" not in flops:
+        return flops
+    peak = peak_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    achieved = flops["flops_per_step"] * flops["steps_per_s"]
+    return {**flops, "flops_per_s": achieved, "peak_flops_per_s": peak["flops"], "peak_probe": peak["key"],
+            "mfu": achieved / peak["flops"]}

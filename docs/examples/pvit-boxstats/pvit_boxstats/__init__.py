@@ -3,7 +3,7 @@
 import pvit
 
 #: The pvit plugin API this plugin was written for (pvit reports a mismatch clearly).
-PVIT_PLUGIN_API = 1
+PVIT_PLUGIN_API = 2
 
 
 def make_box_stats(resolution: int = 32, geometry: bool = True):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs
+from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 
 
 def coverage(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
@@ -60,18 +60,18 @@ class BoxStatsEncoder(nn.Module):
         sizes = torch.tensor([[p.shape[1], p.shape[2]] for p in prepared], dtype=torch.long)  # (B, 2)
         return RegionInputs(pixels=pixels, sizes=sizes)
 
-    def forward(self, inputs: RegionInputs, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Boxes per image, each (R_b, 4) xyxy in [0, 1] -> (R, 1, out_dim), image order then box order."""
+    def forward(self, inputs: RegionInputs, regions: Regions) -> torch.Tensor:
+        """The batch's regions (boxes xyxy in [0, 1], checked by pvit) -> (R, 1, out_dim), in their order."""
         pixels = inputs.pixels  # (B, 3, r, r)
-        if pixels is None or len(boxes) != pixels.shape[0]:
+        if pixels is None or len(regions.counts) != pixels.shape[0]:
             raise ValueError(
-                f"box-stats: got boxes for {len(boxes)} images and pixels "
+                f"box-stats: got regions of {len(regions.counts)} images and pixels "
                 f"{None if pixels is None else tuple(pixels.shape)}; pass the RegionInputs of its own collate()"
             )
         n = self.resolution
         feats = []
-        for img, bx in zip(pixels, boxes):
-            bx = bx.to(device=img.device, dtype=torch.float32).reshape(-1, 4)  # (R_b, 4)
+        for img, bx in zip(pixels, regions.per_image()):  # one (R_b, 4) tensor per image
+            bx = bx.to(device=img.device, dtype=torch.float32)  # (R_b, 4)
             wx = coverage(bx[:, 0], bx[:, 2], n)  # (R_b, r) weight of each column
             wy = coverage(bx[:, 1], bx[:, 3], n)  # (R_b, r) weight of each row
             w = wy.unsqueeze(2) * wx.unsqueeze(1)  # (R_b, r, r)
