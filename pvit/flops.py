@@ -3,7 +3,8 @@
 MFU here is *achieved FLOP/s / measured peak FLOP/s*, where the peak is the best of a few large matrix
 multiplications in the stage's precision on the stage's device (not a datasheet number: on a CPU there is none
 that means much). The probe runs once per (device, dtype, thread count, torch version) and is cached in
-``$PVIT_CACHE_DIR`` (default ``~/.cache/pvit``) as ``peak_flops.json``.
+``$PVIT_CACHE_DIR`` (default ``~/.cache/pvit``) as ``peak_flops.json``. A probe taken while other work loads the
+machine reads low (and every MFU after it high): ``python -m pvit.flops`` probes again and replaces the entry.
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ def _device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-def probe_peak(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 0.5) -> float:
-    """Best FLOP/s of ``size x size`` matmuls in ``dtype`` on ``device`` over about ``seconds``."""
-    size = size or (8192 if device.type == "cuda" else 1024)
+def probe_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] | None = None,
+               seconds: float = 0.5) -> float:
+    """Best FLOP/s of square matmuls in ``dtype`` on ``device``, about ``seconds`` per size."""
+    sizes = sizes or ((4096, 8192) if device.type == "cuda" else (1024, 2048))
+    return max(_probe(device, dtype, n, seconds) for n in sizes)
+
+
+def _probe(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
     a = torch.randn(size, size, device=device).to(dtype)  # (n, n)
     b = torch.randn(size, size, device=device).to(dtype)  # (n, n)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -50,8 +56,9 @@ def probe_peak(device: torch.device, dtype: torch.dtype, size: int | None = None
     return 2.0 * size ** 3 / best
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> dict:
-    """``{"flops": peak FLOP/s, "key": what it was measured for, "cached": bool}``, probed once and cached."""
+def peak_flops(device: torch.device, dtype: torch.dtype, refresh: bool = False) -> dict:
+    """``{"flops": peak FLOP/s, "key": what it was measured for, "cached": bool}``, probed once and cached
+    (``refresh``: probe again and replace the cached value)."""
     key = f"{_device_name(device)}|{str(dtype).replace('torch.', '')}|threads={torch.get_num_threads()}|" \
           f"torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
@@ -59,7 +66,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> dict:
         table = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         table = {}
-    if key in table:
+    if key in table and not refresh:
         return {"flops": float(table[key]), "key": key, "cached": True}
     flops = probe_peak(device, dtype)
     table[key] = flops
@@ -101,3 +108,17 @@ def format_flops(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.2f} {unit}"
     return f"{x:.0f} "
+
+
+def main() -> None:
+    """``python -m pvit.flops``: probe the peak again (run it on an otherwise idle machine) and cache it."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        for dtype in (torch.float32, torch.bfloat16):
+            peak = peak_flops(device, dtype, refresh=True)
+            print(f"{peak['key']}: {format_flops(peak['flops'])}FLOP/s")
+    print(f"cached in {cache_dir() / 'peak_flops.json'}")
+
+
+if __name__ == "__main__":
+    main()
