@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 
 from typer.testing import CliRunner
 
@@ -10,7 +10,7 @@ from pvit.ablate import ablation_table, shared_prefix
 from pvit.cli import app
 from pvit.recipe import load_recipe
 
-MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
+from helpers import MICRO
 
 
 def test_shared_prefix_is_the_alignment_stage():
@@ -37,8 +37,13 @@ def test_ablate_cli_runs_variants_and_prints_one_table(tmp_path):
     out = result.output
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["regionclip", "text-coords", "none"]
-    assert "accuracy/recognition" in rows[0]
+    cols = [c.strip() for c in rows[0].split("|")[2:-1]]
+    assert cols[0] == "accuracy" and "accuracy/recognition" in cols, cols
+    assert all(c.startswith("accuracy") for c in cols), cols  # counts and chance levels stay out of the table
+    for row in rows[1:]:  # one seed: one percentage per column, no spread
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert len(cells) == len(cols) and all(re.fullmatch(r"\d{1,3}\.\d", c) for c in cells), row
     assert out.count("reuses the shared stages") == 2  # the alignment stage ran once
     table = (tmp_path / "abl-ablation" / "ablation.md").read_text()
-    assert "| text-coords |" in table
+    assert [line for line in table.splitlines() if line.startswith("| ")] == rows  # the file is the printed table
     assert not (tmp_path / "abl-ablation" / "none-seed0" / "stages" / "1-align").exists()

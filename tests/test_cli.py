@@ -37,7 +37,7 @@ def test_plugins_json_parses_and_lists_builtins():
     infos = {i["name"]: i for i in json.loads(out.stdout)}
     assert infos["regionclip"]["status"] == "ok" and infos["regionclip"]["distribution"] == "pvit"
     assert infos["regionclip"]["components"] == {"region_encoder": ["regionclip"]}
-    assert set(infos["text_coords"]["components"]["region_encoder"]) >= {"text-coords", "none"}
+    assert infos["text_coords"]["components"] == {"region_encoder": ["text-coords", "none"]}
 
 
 def test_plugins_text_lists_status_and_names():

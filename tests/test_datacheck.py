@@ -12,7 +12,8 @@ from pvit.cli import app
 from pvit.datacheck import check_data
 from pvit.regions import format_pvit
 
-MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
+from helpers import MICRO
+
 GOOD = format_pvit((0.1, 0.2, 0.5, 0.6))
 BAD = "<Region><L600><L200><L500><L600></Region>"  # x2 < x1
 

@@ -167,12 +167,16 @@ def test_exports_reload_without_pickle(base):
     files = [p for p in export.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle")]
     state = load_file(str(export / "weights.safetensors"))
-    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     for p in files:
         if p.suffix == ".json":
             json.loads(p.read_text())
     fresh = build_model(pvit.load_recipe(base[0]).cfg)
+    trained = ("projector.", "region_projector.", "llm.", "bbox_embed.")  # the stage's trainable slots, whole
+    tied = "llm.model.lm_head.weight"  # the tiny LLM ties it to the input embedding: saved once
+    assert set(state) == {k for k in fresh.state_dict() if k.startswith(trained)} - {tied}
     assert set(load_export(fresh, export)) == set(state)
+    after = fresh.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())  # every tensor reloads as saved
 
 
 # ------------------------------------------------------------------------------------------ 6 changed recipe
@@ -363,7 +367,21 @@ def test_trainable_budget_is_reported(tmp_path):
                                         "stages.1.optim.max_steps=1", "stages.2.optim.max_steps=1"]),
                log=lines.append)
     budget = [x for x in lines if re.search(r"trainable .*\([\d,]+ parameters\)", x)]
-    assert len(budget) == 3 and "region_projector, new_token_embeddings" in budget[1]
+    model = build_model(pvit.load_recipe(MICRO).cfg)
+    emb = model.llm.model.get_input_embeddings().weight
+    assert model.llm.model.get_output_embeddings().weight is emb  # tied: the new rows are counted once
+
+    def n(*modules):  # distinct parameters, counted once
+        return sum(p.numel() for p in {id(p): p for m in modules for p in m.parameters()}.values())
+
+    new_rows = len(model.trainable_token_ids) * emb.shape[1]
+    assert budget == [
+        f"stage 1/3 align: 64 samples, trainable projector, llm ({n(model.projector, model.llm):,} parameters)",
+        f"stage 2/3 stage1: 64 samples, trainable region_projector, new_token_embeddings "
+        f"({n(model.region_projector) + new_rows:,} parameters)",
+        f"stage 3/3 stage2: 64 samples, trainable projector, region_projector, llm, bbox_embed "
+        f"({n(model.projector, model.region_projector, model.llm, model.bbox_embed):,} parameters)",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ 24 memory

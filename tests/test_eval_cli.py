@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 from pvit.cli import app
 from pvit_evaluators.base import COORDINATE_FORMAT
 from pvit_evaluators.fine_eval import FineEvalEvaluator
+from pvit_evaluators.normalize import exact_match
 from pvit_evaluators.synth import SynthRegionsEvaluator
 from pvit.recipe import load_recipe
 from pvit.regions import format_pvit
 from pvit.run import run_recipe
 
-MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
+from helpers import MICRO
 
 
 def _fine_eval(tmp_path: Path) -> Path:
@@ -58,7 +59,9 @@ def test_pvit_eval_writes_metrics_per_sample_records_and_a_table(tmp_path):
     assert summary["eval"]["fine-eval"]["protocol"]["matcher"] == FineEvalEvaluator.matcher
 
     rows = [json.loads(x) for x in (out / "synth-regions.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and {"id", "prompt", "prediction", "answer", "correct"} <= set(rows[0])
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    assert all({"id", "prompt", "prediction", "answer", "correct"} <= set(r) for r in rows)
+    assert all(r["correct"] is exact_match(r["prediction"], r["answer"]) for r in rows)  # the matcher's verdict
     assert synth["metrics"]["accuracy"] == sum(r["correct"] for r in rows) / 6  # the records' mean, exactly
     assert "<Region><L" in "".join(r["prompt"] for r in rows)  # prompts as the dataset wrote them
 

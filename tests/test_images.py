@@ -35,7 +35,7 @@ def test_missing_file_names_path_and_sample(tmp_path):
         load_image(path, sample_id="q42", where="train.json")
     msg = str(e.value)
     assert str(path) in msg and "q42" in msg and "train.json" in msg
-    assert "not found" in msg and "image_folder" in msg
+    assert "not found" in msg and "options that say where its images are" in msg
     assert e.value.reason == "missing"
 
 

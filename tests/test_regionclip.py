@@ -30,9 +30,10 @@ GEOM288 = {"layers": [1, 1, 1, 1], "width": 16, "image_size": 288, "output_dim":
 def randomize_weights(module: torch.nn.Module, seed: int) -> None:
     """Random weights whose features depend on the input, so equality checks can fail.
 
-    BN affine params and stats are randomised as in REGION_SPEC section 2 (open_clip zero-inits the bn3 gammas,
-    which kills the residual branches); convs get He-normal weights, because with PyTorch's default conv init the
-    signal shrinks layer by layer and every region's feature is the same constant to ~1e-4.
+    BN affine params and stats are randomised as on docs/regions.md, "RegionCLIP, as PVIT uses it" (open_clip
+    zero-inits the bn3 gammas, which kills the residual branches); convs get He-normal weights, because with
+    PyTorch's default conv init the signal shrinks layer by layer and every region's feature is the same constant
+    to ~1e-4.
     """
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():

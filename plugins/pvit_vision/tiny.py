@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-#: ``pvit.build("image_encoder", name, **TINY_OPTIONS[name])`` gives an 8x8 grid of 64-d tokens (docs/reproduce.md).
+#: ``pvit.build("image_encoder", name, **TINY_OPTIONS[name])`` gives an 8x8 grid of 64-d tokens
+#: (the calibration setup: docs/reproduce.md, "What the tiny run learns, and why").
 TINY_OPTIONS: dict[str, dict] = {
     "hf-clip": {
         "config": {
