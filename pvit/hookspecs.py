@@ -57,5 +57,13 @@ def pvit_register_evaluators(register):
 
 
 @hookspec
+def pvit_register_generators(register):
+    """Register data generators for ``pvit generate``: ``register(name, factory)``; ``factory(**options)`` returns an
+    object with ``complete(messages, *, max_tokens, temperature, seed, timeout)`` giving a reply with ``text``,
+    ``finish_reason``, ``prompt_tokens`` and ``completion_tokens`` (see docs/generate.md).
+    """
+
+
+@hookspec
 def pvit_register_commands(app):
     """Add sub-commands to the ``pvit`` command line: ``app`` is the root ``typer.Typer``."""

@@ -9,7 +9,7 @@ if TYPE_CHECKING:  # keep `import pvit` light: torch is imported by the modules 
     import torch
     from PIL import Image
 
-from pvit.interfaces_data import Dataset, Sample, Turn  # noqa: F401 - re-exported
+from pvit.interfaces_data import Dataset, Generator, Sample, Turn  # noqa: F401 - re-exported
 from pvit.interfaces_optional import OPTIONAL_ATTRIBUTES, OptionalAttribute, optional_attributes  # noqa: F401
 
 #: Text placeholder a dataset writes where the image goes; expanded to ``num_tokens`` image slots.
@@ -277,4 +277,4 @@ class Projector(Protocol):
 
 #: The Protocol each component kind conforms to.
 PROTOCOLS = {"image_encoder": ImageEncoder, "region_encoder": RegionEncoder, "projector": Projector,
-             "llm": LanguageModel, "dataset": Dataset, "evaluator": Evaluator}
+             "llm": LanguageModel, "dataset": Dataset, "evaluator": Evaluator, "generator": Generator}

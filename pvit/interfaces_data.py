@@ -56,3 +56,17 @@ class Dataset(Protocol):
 
     def __getitem__(self, index: int) -> Sample:
         """The sample at ``index`` (images are opened here, not at construction)."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A data generator for ``pvit generate`` (kind ``generator``; see docs/generate.md).
+
+    ``complete`` returns an object with ``text``, ``finish_reason`` (``"stop"`` or ``"length"``), ``prompt_tokens``
+    and ``completion_tokens``. It raises ``pvit_generate.generators.RetryableError`` (optionally with
+    ``retry_after`` seconds) for failures worth retrying and ``GenerationError`` for the others; pvit retries.
+    Optional: ``describe()`` -> dict written to the manifest (never a secret).
+    """
+
+    def complete(self, messages: list, *, max_tokens: int, temperature: float, seed: int, timeout: float) -> Any:
+        """One chat completion of ``messages`` (``[{"role", "content"}]``)."""

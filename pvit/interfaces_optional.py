@@ -83,6 +83,10 @@ OPTIONAL_ATTRIBUTES: dict[str, tuple[OptionalAttribute, ...]] = {
                           "dataset's own `image_policy: skip` (read from `report()['images']['skipped']`)",
                           method=True),
     ),
+    "generator": (
+        OptionalAttribute("describe", "() -> dict", None, "the manifest records the generator's registered name only",
+                          method=True),
+    ),
     "evaluator": (
         OptionalAttribute("generation", "dict", {}, "decoding options come from attributes of the same name, "
                           "else the defaults (pvit.evaluate.GENERATION_DEFAULTS)",

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from pvit.errors import ComponentOptionError, PluginError, UnknownComponentError, did_you_mean
 from pvit.plugins import LOCK, PluginInfo, generation, get_plugin_manager, known_plugins, warn
 
-KINDS = ("image_encoder", "region_encoder", "projector", "llm", "dataset", "evaluator")
+KINDS = ("image_encoder", "region_encoder", "projector", "llm", "dataset", "evaluator", "generator")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 
 #: Options the core fills in for a kind; a recipe may not set them.

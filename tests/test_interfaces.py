@@ -19,7 +19,7 @@ from pvit_vision.tiny import TINY_OPTIONS
 
 MICRO = Path(__file__).parent / "recipes" / "micro.yaml"
 BUILTIN_PACKAGES = {"pvit_data", "pvit_evaluators", "pvit_hf", "pvit_projectors", "pvit_regionclip", "pvit_synth",
-                    "pvit_text_coords", "pvit_vision", "pvit_vit_roi"}
+                    "pvit_text_coords", "pvit_vision", "pvit_vit_roi", "pvit_generate"}
 LLM_CONFIG = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 
@@ -76,14 +76,36 @@ def built(tmp_path_factory) -> dict[str, dict]:
         "llm": {n: pvit.build("llm", n, config=LLM_CONFIG, tokenizer={"words": words}) for n in _builtin("llm")},
         "dataset": {n: pvit.build("dataset", n, **o) for n, o in _data_files(root).items()},
         "evaluator": {n: pvit.build("evaluator", n) for n in _builtin("evaluator")},
+        "generator": _generators(root),
     }
+
+
+def _generators(root: Path) -> dict:
+    """Every built-in generator: hf-local over a tiny random model saved offline, the others need no model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from pvit_hf.model import build_word_tokenizer
+
+    AutoModelForCausalLM.from_config(LlamaConfig(**LLM_CONFIG)).save_pretrained(root / "tiny-lm")
+    build_word_tokenizer(["a", "dog"]).save_pretrained(root / "tiny-lm")
+    options = {"template": {}, "openai-compatible": {"model": "m", "base_url": "http://127.0.0.1:9/v1"},
+               "hf-local": {"model": str(root / "tiny-lm")}}
+    return {n: pvit.build("generator", n, **options[n]) for n in _builtin("generator")}
+
+
+def test_hf_local_generator_completes_with_token_counts(built):
+    reply = built["generator"]["hf-local"].complete([{"role": "user", "content": "a dog"}], max_tokens=3,
+                                                    temperature=0.0, seed=0, timeout=10)
+    assert isinstance(reply.text, str) and reply.prompt_tokens > 0 and 1 <= reply.completion_tokens <= 3
+    assert reply.finish_reason in ("stop", "length")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_builtin_components_conform_to_their_protocol(built, kind):
     assert set(built[kind]) == _builtin(kind)  # a new built-in component is covered here
     for name, comp in built[kind].items():
-        assert isinstance(comp, PROTOCOLS[kind]), f"{kind} {name!r} does not conform to {PROTOCOLS[kind].__name__}"
+        protocol = PROTOCOLS[kind]
+        assert isinstance(comp, protocol), f"{kind} {name!r} does not conform to {protocol.__name__}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -353,7 +353,8 @@ def recipes_list() -> str:
         base = ", ".join(f"`{b}`" for b in ([base] if isinstance(base, str) else base or [])) or "none"
         about = _leading_comment(text) or str(data.get("description") or "").strip()
         about = md_cell(about)
-        out.append(f"| `{path.relative_to(ROOT)}` | `{data.get('name', '')}` | {base} | {about} |")
+        name = data.get("name") or (data.get("generate") or {}).get("name", "")  # generation recipes: generate.name
+        out.append(f"| `{path.relative_to(ROOT)}` | `{name}` | {base} | {about} |")
     return "\n".join(ref_table(out))
 
 
