@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pvit.errors import DataError, RecipeError
+from pvit.errors import DataError, RecipeError, did_you_mean
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START
 
 VICUNA_SYSTEM = (
@@ -215,5 +215,6 @@ def get_template(name: str, tokenizer: Any) -> Template:
     if name == "auto":
         name = "chat" if getattr(tokenizer, "chat_template", None) else "vicuna_v1_1"
     if name not in TEMPLATES:
-        raise RecipeError(f"model.template: unknown template {name!r}; known: auto, {', '.join(TEMPLATES)}")
+        hint = did_you_mean(name, ["auto", *TEMPLATES], " (did you mean {!r}?)")
+        raise RecipeError(f"model.template: unknown template {name!r}{hint}; valid: auto, {', '.join(TEMPLATES)}")
     return TEMPLATES[name](tokenizer)

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import pvit
-from pvit.collate import IGNORE_INDEX, Collator
+from pvit.collate import Collator
 from pvit.templates import ChatTemplate, get_template
-from pvit.errors import DataError, InvalidRegionError, SpliceError
-from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START, Regions
+from pvit.errors import DataError, InvalidRegionError, RecipeError, SpliceError
+from pvit.interfaces import IGNORE_INDEX, IMAGE_PATCH_TOKEN, REGION_END, REGION_PATCH_TOKEN, REGION_START, Regions
 from pvit.regions import format_pvit
 
 WORDS = ("what is the color of this red blue green circle square a long story about shapes and more words here "
@@ -135,6 +135,11 @@ def test_chat_template_without_end_token_appends_eos():
     col = collator(tok, template="chat")
     batch = col([sample("what is this ?", "red", "and this ?", "blue")])
     assert labelled(batch) == ids(tok, "red") + [tok.eos_token_id] + ids(tok, "blue") + [tok.eos_token_id]
+
+
+def test_unknown_template_names_the_valid_ones_and_the_closest():
+    with pytest.raises(RecipeError, match=r"'vicuna_v11' \(did you mean 'vicuna_v1_1'\?\); valid: auto, vicuna_v1_1, "):
+        get_template("vicuna_v11", word_tokenizer())
 
 
 def test_chat_template_that_rewrites_contents_is_refused():

@@ -60,7 +60,10 @@ def test_batched_greedy_equals_one_by_one(model):
     col = collator(model)
     samples = prompts(model)
     batch = col(samples)
-    assert (batch["attention_mask"][:, 0] == 0).any()  # left padding
+    lengths = [len(col.encode(s)["input_ids"]) for s in samples]
+    T = max(lengths)
+    assert batch["attention_mask"].tolist() == [[0] * (T - n) + [1] * n for n in lengths]  # left padding
+    assert len(set(lengths)) > 1  # so some rows are padded
     batched = model.generate(batch, 6, stop_token_ids=col.stop_token_ids)
     single = [model.generate(col([s]), 6, stop_token_ids=col.stop_token_ids)[0] for s in samples]
     assert batched == single

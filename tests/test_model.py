@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 import pvit
-from pvit.collate import IGNORE_INDEX, Collator
+from pvit.collate import Collator
 from pvit.templates import get_template
 from pvit.errors import SpliceError
-from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, Regions
+from pvit.interfaces import IGNORE_INDEX, IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, Regions
 from pvit.compose import build_model
 from pvit.model import PVITModel
 

@@ -176,7 +176,7 @@ def test_option_errors():
     with pytest.raises(ComponentOptionError, match="output_size=14.*18"):
         regionclip(model=GEOM288, output_size=14)
     assert regionclip(model=GEOM288, output_size=18, seed=0).roi_size == 18
-    with pytest.raises(ComponentOptionError, match="RN50x4"):
+    with pytest.raises(ComponentOptionError, match=r"model='RN50x5' .* preset \(did you mean 'RN50x4'\?\)"):
         regionclip(model="RN50x5")
     with pytest.raises(ComponentOptionError, match="ViT"):
         regionclip(model="ViT-B-32")

@@ -41,6 +41,8 @@ def test_special_tokens_per_style():
 def test_unknown_style_names_the_valid_ones():
     with pytest.raises(ValueError, match="pvit, shikra"):
         pvit.build("region_encoder", "text-coords", style="kosmos")
+    with pytest.raises(ValueError, match=r"style 'shikr' \(did you mean 'shikra'\?\); valid styles: pvit, shikra"):
+        pvit.build("region_encoder", "text-coords", style="shikr")
 
 
 def test_region_text_renders_with_pvit_regions(encoder):

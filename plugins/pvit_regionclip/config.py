@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pvit.errors import ComponentOptionError
+from pvit.errors import ComponentOptionError, did_you_mean
 
 #: Presets that are not open_clip configs. "tiny" builds in milliseconds (docs/reproduce.md).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,9 +59,11 @@ def _from_open_clip(name: str) -> ResNetConfig:
 
     # Only packaged names: open_clip.get_model_config would fetch "hf-hub:" names from the network.
     if name not in open_clip.list_models():
-        valid = ", ".join(sorted(PRESETS) + _resnet_names())
+        names = sorted(PRESETS) + _resnet_names()
+        hint = did_you_mean(name, names, " (did you mean {!r}?)")
         raise ComponentOptionError(
-            f"regionclip option model={name!r} is not an open_clip model config name nor a preset; valid: {valid}, "
+            f"regionclip option model={name!r} is not an open_clip model config name nor a preset{hint}; "
+            f"valid: {', '.join(names)}, "
             f"or a dict with keys {', '.join(_DICT_KEYS)}"
         )
     cfg = open_clip.get_model_config(name)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pvit import regions
+from pvit.errors import did_you_mean
 from pvit.interfaces import REGION_END, REGION_START, RegionInputs, Regions
 
 STYLES = ("pvit", "shikra")
@@ -36,7 +37,8 @@ class TextCoordsEncoder(nn.Module):
     def __init__(self, style: str = "pvit"):
         super().__init__()
         if style not in STYLES:
-            raise ValueError(f"text-coords: unknown style {style!r}; valid styles: {', '.join(STYLES)}")
+            hint = did_you_mean(style, STYLES, " (did you mean {!r}?)")
+            raise ValueError(f"text-coords: unknown style {style!r}{hint}; valid styles: {', '.join(STYLES)}")
         self.style = style
         self.special_tokens: list[str] = [REGION_START, REGION_END] + regions.LOC_TOKENS if style == "pvit" else []
         self.image_layers: list[int] = []

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pvit.errors import ComponentOptionError, InvalidRegionError
+from pvit.errors import ComponentOptionError, InvalidRegionError, did_you_mean
 from pvit.interfaces import REGION_END, REGION_PATCH_TOKEN, REGION_START, RegionInputs, Regions
 
 from .gpt4roi import GPT4RoIHead
@@ -64,7 +64,8 @@ class ViTRoIEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ComponentOptionError(f"{NAME}: variant {variant!r} is not one of {', '.join(VARIANTS)}")
+            raise ComponentOptionError(f"{NAME}: variant {variant!r} is not one of {', '.join(VARIANTS)}"
+                                       + did_you_mean(variant, VARIANTS))
         self.variant = variant
         self.in_channels = int(in_channels)
         self.grid_size = tuple(int(g) for g in grid_size)
