@@ -1,6 +1,6 @@
 """pvit: a plugin framework for region-aware multimodal LLMs (PVIT, arXiv 2308.13437).
 
-Public API: ``hookimpl``, ``load_recipe``, ``components``, ``build``, ``testing``, ``LocalPath``.
+Public API: ``hookimpl``, ``load_recipe``, ``Predictor``, ``components``, ``build``, ``testing``, ``LocalPath``.
 Heavy libraries (torch, transformers) are imported only when a component is built.
 """
 
@@ -11,7 +11,7 @@ from pvit.options import LocalPath
 from pvit.registry import KINDS, build, components
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "LocalPath", "__version__"]
+__all__ = ["hookimpl", "load_recipe", "components", "build", "testing", "KINDS", "LocalPath", "Predictor", "Reply", "__version__"]
 
 
 def load_recipe(path, overrides=()):
@@ -26,4 +26,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module("pvit.testing")
+    if name in ("Predictor", "Reply"):
+        from pvit import predict
+
+        return getattr(predict, name)
     raise AttributeError(f"module 'pvit' has no attribute {name!r}")

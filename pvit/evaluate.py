@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from pvit.atomic import atomic_write_text
 from pvit.collate import Collator
-from pvit.model import PVITModel, batch_to
+from pvit.model import PVITModel
+from pvit.predict import run_batch
 from pvit.recipe import options_of
 from pvit.registry import build
 
@@ -79,21 +78,16 @@ def generate_records(
     if not collator.generate:
         raise ValueError("generate_records needs a collator built with generate=True (left padding, prompts only)")
     model.eval()
-    device = next(model.llm.parameters()).device
     records: list[dict] = []
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         encoded = [collator.encode(s) for s in samples]
         live = [e for e in encoded if e is not None]
         preds: list[str] = []
-        if live:
-            batch = batch_to(collator.pad(live), device)
-            ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                   else torch.autocast(device.type, enabled=False))
-            with ctx:
-                preds = model.generate(batch, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                       top_p=top_p, stop_token_ids=collator.stop_token_ids,
-                                       seed=None if seed is None else int(seed) + start)
+        if live:  # the Predictor's batched path: one way from sample to text
+            preds = run_batch(model, collator, live, max_new_tokens=max_new_tokens, precision=precision,
+                              do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              seed=None if seed is None else int(seed) + start)
         it = iter(preds)
         for s, e in zip(samples, encoded):
             if e is None:

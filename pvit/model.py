@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -132,6 +131,8 @@ class PVITModel(nn.Module):
         top_p: float = 1.0,
         stop_token_ids: list[int] | None = None,
         seed: int | None = None,
+        streamer=None,
+        stopping_criteria=None,
     ) -> list[str]:
         """Continue every prompt of a left-padded batch with the KV cache; returns one decoded reply per row.
 
@@ -144,6 +145,7 @@ class PVITModel(nn.Module):
             stop_token_ids: token ids that end a reply (default: the tokenizer's EOS); the collator's
                 ``stop_token_ids`` adds the template's end-of-turn token.
             seed: seeds sampling (the global RNG state is restored afterwards); None uses the global RNG.
+            streamer, stopping_criteria: passed to Hugging Face ``generate`` (token streaming, cancellation).
 
         Returns:
             B strings: the tokens up to the first stop token, decoded without padding, BOS/EOS or placeholder
@@ -171,6 +173,8 @@ class PVITModel(nn.Module):
                 inputs_embeds=embeds,
                 attention_mask=batch["attention_mask"],
                 generation_config=GenerationConfig(**options),
+                streamer=streamer,
+                stopping_criteria=stopping_criteria,
             )  # (B, new), only the new tokens when generating from embeddings
         drop = {pad, tok.bos_token_id, tok.eos_token_id, self.image_patch_id, self.region_patch_id} | set(stops)
         texts = []

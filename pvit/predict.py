@@ -1,0 +1,290 @@
+"""The one inference path: ``Predictor`` turns (image, prompt, boxes) into a ``Reply`` (text, answer boxes)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+from pvit.errors import CheckpointError
+from pvit.predict_text import PredictError, cut_at_stop, normalise_box, reply_boxes, resolve_regions
+
+__all__ = ["Predictor", "Reply", "PredictError", "run_batch"]
+
+
+@dataclass
+class Reply:
+    """A generated answer: ``text`` and the boxes it wrote as pixel xyxy of the input image (``boxes``)."""
+
+    text: str
+    boxes: list = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def run_batch(model, collator, encoded: list[dict], *, max_new_tokens: int, precision: str = "fp32",
+              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+              **generate_extra) -> list[str]:
+    """Generate for collator-encoded prompts as one left-padded batch (what evaluation and the Predictor use)."""
+    from pvit.model import batch_to
+
+    device = next(model.llm.parameters()).device
+    batch = batch_to(collator.pad(encoded), device)
+    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+           else torch.autocast(device.type, enabled=False))
+    with ctx:
+        return model.generate(batch, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              stop_token_ids=collator.stop_token_ids, seed=seed, **generate_extra)
+
+
+def _stage_exports(run: Path, cfg) -> list[Path]:
+    from pvit.rundir import RunDir
+
+    rd = RunDir(run)
+    return [rd.export(i, st.name) for i, st in enumerate(cfg.stages)]
+
+
+class Predictor:
+    """A trained pvit model ready to answer: ``predict``, ``predict_batch`` and ``stream``.
+
+    Build it with [from_run][pvit.predict.Predictor.from_run] or
+    [from_pretrained][pvit.predict.Predictor.from_pretrained]. Regions are referred to in prompts as
+    ``<region1>``, ``<region2>``... matched to ``boxes`` (``box_format`` ``"pixels"`` of the given image, or
+    ``"normalized"`` to [0, 1]); PVIT ``<Region><L..>x4</Region>`` and Shikra ``[x1,y1,x2,y2]`` text work too.
+    """
+
+    def __init__(self, model, template, *, max_length: int, region_policy: str = "error", precision: str = "fp32",
+                 name: str = "pvit", max_new_tokens: int = 128):
+        from pvit.collate import Collator
+
+        self.model = model.eval()
+        self.template = template
+        self.collator = Collator.for_model(model, template, max_length, region_policy, generate=True)
+        self.precision = precision
+        self.name = name
+        self.max_new_tokens = int(max_new_tokens)
+        self.lock = threading.Lock()  # one generation at a time on the model
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None) -> "Predictor":
+        """Rebuild a finished run's model (``resolved.yaml``) and load every stage's export in order."""
+        from pvit.recipe import load_recipe
+
+        run = Path(run_dir)
+        if not (run / "resolved.yaml").is_file():
+            raise CheckpointError(f"{run}: not a pvit run folder (no resolved.yaml); pass a run folder or an export")
+        cfg = load_recipe(run / "resolved.yaml").cfg
+        return cls._build(cfg, _stage_exports(run, cfg), device, run.name)
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str | Path, device: str | None = None) -> "Predictor":
+        """Rebuild a stage export's model from its ``recipe.yaml``; loads the earlier stages' exports beside it."""
+        from pvit.recipe import load_recipe
+
+        export = Path(export_dir)
+        if not (export / "recipe.yaml").is_file() or not (export / "weights.safetensors").is_file():
+            raise CheckpointError(f"{export}: not a pvit export (needs weights.safetensors and recipe.yaml)")
+        cfg = load_recipe(export / "recipe.yaml").cfg
+        stage_dir = export.resolve().parent
+        names = [f"{i + 1}-{st.name}" for i, st in enumerate(cfg.stages)]
+        if stage_dir.name in names:
+            k = names.index(stage_dir.name)
+            exports = _stage_exports(stage_dir.parent.parent, cfg)[: k + 1]
+        else:
+            exports = [export]
+        return cls._build(cfg, exports, device, stage_dir.parent.parent.name)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Predictor":
+        """A run folder or an export folder."""
+        p = Path(path)
+        if not p.exists():
+            raise CheckpointError(f"{p} does not exist; pass a run folder or a stage export folder")
+        return cls.from_run(p, device) if (p / "resolved.yaml").is_file() else cls.from_pretrained(p, device)
+
+    @classmethod
+    def _build(cls, cfg, exports: list[Path], device: str | None, name: str) -> "Predictor":
+        from pvit.checkpoints import load_export
+        from pvit.compose import build_model
+        from pvit.device import resolve_device
+        from pvit.preflight import check_components
+        from pvit.templates import get_template
+
+        missing = [str(e) for e in exports if not (e / "weights.safetensors").is_file()]
+        if missing:
+            raise CheckpointError(f"stage export(s) missing: {', '.join(missing)}; every stage's export is needed "
+                                  "in order (each holds only the slots its stage trained)")
+        check_components(cfg)
+        model = build_model(cfg).to(resolve_device(device or cfg.engine.device))
+        for e in exports:
+            load_export(model, e)
+        max_new = max([int(getattr(e, "max_new_tokens", 0) or 0) for e in (cfg.eval or [])] + [128])
+        return cls(model, get_template(cfg.model.template, model.llm.tokenizer), max_length=cfg.model.max_length,
+                   region_policy=cfg.model.region_policy,
+                   precision=cfg.stages[-1].optim.precision if cfg.stages else "fp32", name=name,
+                   max_new_tokens=max_new)
+
+    # ------------------------------------------------------------------------------------------ requests
+    def sample(self, image, prompt: str | list, boxes: Sequence | None = None, box_format: str = "pixels",
+               max_regions: int | None = None) -> dict:
+        """A collator sample for one request; ``prompt`` is text or ``[{"role", "content"}, ...]`` ending on user.
+
+        Raises PredictError for an unreadable image, a box outside the image, or unmatched ``<regionN>``.
+        """
+        from pvit.images import load_image
+
+        if isinstance(image, (str, Path)):
+            try:
+                image = load_image(image, sample_id="request")
+            except Exception as e:  # noqa: BLE001 - every unreadable file is the caller's problem
+                raise PredictError(f"image {image}: cannot be read ({e})", "invalid_image") from None
+        size = getattr(image, "size", None) if image is not None else (1, 1)
+        if not size or min(size) <= 0:
+            raise PredictError(f"image {image!r} is not a non-empty PIL image or a path", "invalid_image")
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not turns or turns[-1].get("role") != "user":
+            raise PredictError("the conversation must end with a user message", "invalid_request")
+        norm = [normalise_box(b, box_format, size, f"boxes[{i}]") for i, b in enumerate(boxes or [])]
+        if norm and image is None:
+            raise PredictError("boxes were given without an image", "invalid_box")
+        texts = resolve_regions([str(t.get("content", "")) for t in turns], norm, max_regions=max_regions)
+        conv = [{"from": "human" if t.get("role") == "user" else "gpt", "value": x} for t, x in zip(turns, texts)]
+        return {"id": "request", "image": image, "conversations": conv, "size": size}
+
+    def encode(self, sample: dict) -> dict:
+        """Tokenise a request sample; PredictError when the prompt is over the context length."""
+        from pvit.errors import PvitError
+
+        try:
+            with warnings.catch_warnings():  # a prompt that does not fit is this call's error, not a warning
+                warnings.simplefilter("ignore", UserWarning)
+                enc = self.collator.encode(sample)
+        except PvitError as e:
+            raise PredictError(str(e), "invalid_request") from None
+        if enc is None:
+            raise PredictError(f"the prompt is longer than the model's context length ({self.collator.max_length} "
+                               "tokens)", "context_length_exceeded")
+        return enc
+
+    def _options(self, max_new_tokens=None, do_sample=False, temperature=1.0, top_p=1.0, seed=None) -> dict:
+        return dict(max_new_tokens=int(max_new_tokens or self.max_new_tokens), do_sample=bool(do_sample),
+                    temperature=float(temperature), top_p=float(top_p), seed=seed)
+
+    def _reply(self, text: str, sample: dict, enc: dict, stop, max_new: int) -> Reply:
+        text, stopped = cut_at_stop(text, stop)
+        n = len(self.collator.tok(text, add_special_tokens=False)["input_ids"])
+        return Reply(text, reply_boxes(text, self.model.region_encoder, sample["size"]),
+                     "stop" if stopped or n < max_new else "length", len(enc["input_ids"]), n)
+
+    def predict_batch(self, requests: list[dict], *, stop: Sequence[str] | None = None, **decoding) -> list[Reply]:
+        """Answer several requests in one batch: each a dict of ``image``, ``prompt``, ``boxes``, ``box_format``."""
+        samples = [r if "conversations" in r else self.sample(r.get("image"), r["prompt"], r.get("boxes"),
+                                                              r.get("box_format", "pixels")) for r in requests]
+        encoded = [self.encode(s) for s in samples]
+        opts = self._options(**decoding)
+        with self.lock:
+            texts = run_batch(self.model, self.collator, encoded, precision=self.precision, **opts)
+        return [self._reply(t, s, e, stop, opts["max_new_tokens"]) for t, s, e in zip(texts, samples, encoded)]
+
+    def predict(self, image, prompt, boxes=None, *, box_format: str = "pixels", stop=None, **decoding) -> Reply:
+        """Answer one prompt about ``image``; decoding: ``max_new_tokens``, ``do_sample``, ``temperature``,
+        ``top_p``, ``seed``; ``stop``: strings that end the answer."""
+        return self.predict_batch([{"image": image, "prompt": prompt, "boxes": boxes, "box_format": box_format}],
+                                  stop=stop, **decoding)[0]
+
+    def stream(self, image, prompt, boxes=None, *, box_format: str = "pixels", stop=None, **decoding) -> "Stream":
+        """Like ``predict`` but returns a [Stream][pvit.predict.Stream]: iterate it for text pieces as they come."""
+        sample = self.sample(image, prompt, boxes, box_format)
+        return Stream(self, sample, self.encode(sample), stop, self._options(**decoding))
+
+
+class _TokenQueue(BaseStreamer):
+    """Hands each generated step's token ids to a queue (the prompt, when generate sends it first, is skipped)."""
+
+    def __init__(self, q: queue.Queue):
+        self.q, self.first = q, True
+
+    def put(self, value):
+        if self.first and value.dim() > 1 and value.shape[-1] > 1:  # the prompt (not sent from embeddings)
+            self.first = False
+            return
+        self.first = False
+        self.q.put([int(v) for v in value.reshape(-1).tolist()])
+
+    def end(self):
+        pass
+
+
+class _Cancel(StoppingCriteria):
+    """Stops every row once ``event`` is set (a client that went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Stream:
+    """Text pieces of one answer as they are generated; ``reply`` once exhausted; ``close()`` stops generation."""
+
+    def __init__(self, predictor: Predictor, sample: dict, enc: dict, stop, opts: dict):
+        self.p, self.sample, self.enc, self.stop, self.opts = predictor, sample, enc, stop, opts
+        self.cancelled = threading.Event()
+        self.reply: Reply | None = None
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from transformers import StoppingCriteriaList
+
+        try:
+            with self.p.lock:  # one generation at a time on the shared model
+                run_batch(self.p.model, self.p.collator, [self.enc], precision=self.p.precision,
+                          streamer=_TokenQueue(self._q),
+                          stopping_criteria=StoppingCriteriaList([_Cancel(self.cancelled)]), **self.opts)
+        except Exception as e:  # noqa: BLE001 - handed to the consumer's thread
+            self._q.put(e)
+        self._q.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        tok, coll, ids, sent = self.p.collator.tok, self.p.collator, [], ""
+        stops = set(coll.stop_token_ids)
+        drop = stops | coll.placeholder_ids | {tok.bos_token_id, tok.pad_token_id}
+        done = False
+        try:
+            while (item := self._q.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                if done:
+                    continue
+                for t in item:
+                    if t in stops:
+                        done = True
+                        break
+                    if t not in drop:
+                        ids.append(t)
+                text, stopped = cut_at_stop(tok.decode(ids, skip_special_tokens=False).strip(), self.stop)
+                if text.startswith(sent) and len(text) > len(sent):
+                    yield text[len(sent):]
+                    sent = text
+                if stopped:
+                    done = True
+                    self.cancelled.set()
+        finally:
+            self.cancelled.set()
+        self.reply = self.p._reply(sent, self.sample, self.enc, self.stop, self.opts["max_new_tokens"])
+
+    def close(self) -> None:
+        """Stop generating (a client that went away frees the model)."""
+        self.cancelled.set()
