@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from pvit.recipe import LoadedRecipe, dump_yaml, options_of
+from pvit.recipe import LoadedRecipe, dump_yaml
 from pvit.rundir import RunDir, versions
 
 
@@ -147,5 +147,3 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
     write_report(summary, run_dir.path)
     return summary
 
-
-__all__ = ["build_model", "run_recipe", "options_of"]

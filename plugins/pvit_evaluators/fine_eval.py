@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from pvit.interfaces import IMAGE_TOKEN
@@ -30,18 +28,11 @@ def write_jsonl(records: list[dict], path) -> Path:
     One object per line, keys in that order, non-ASCII kept as is: the format of PVIT's
     ``fine_eval/{pvit,llava,shikra,gpt4roi}.jsonl``.
     """
+    from pvit.atomic import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps({k: rec[k] for k in OUTPUT_FIELDS}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps({k: rec[k] for k in OUTPUT_FIELDS}, ensure_ascii=False) + "\n"
+                                    for rec in records))
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -169,15 +168,10 @@ def convert_to_safetensors(
     """
     from safetensors.torch import save_file
 
+    from pvit.atomic import atomic_path
+
     sd = read_visual_state_dict(src, trust_checkpoint)
     dst = Path(dst).expanduser()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         save_file({k: v.detach().contiguous() for k, v in sd.items()}, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dst

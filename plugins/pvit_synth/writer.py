@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from pvit.atomic import atomic_write_text
 from pvit.errors import DataError
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_pvit(dataset, path, *, key: str | None = None, source: str = "synth", image_dir: str = "images",
@@ -51,7 +39,7 @@ def write_pvit(dataset, path, *, key: str | None = None, source: str = "synth", 
         sample["image"].save(images / name)
         records.append({"id": sample["id"], "image": name, "conversations": sample["conversations"],
                         "meta": sample["meta"]})
-    _atomic_write(stage / f"{key}.json", json.dumps(records))
+    atomic_write_text(stage / f"{key}.json", json.dumps(records))
 
     mapping_file = stage / "mapping.yaml"
     mapping: dict = {}
@@ -73,5 +61,5 @@ def write_pvit(dataset, path, *, key: str | None = None, source: str = "synth", 
     mapping.setdefault("image_paths", {})[source] = folder
     mapping.setdefault("mapping", {})[key] = source
     mapping.setdefault("count", {})[key] = len(records)
-    _atomic_write(mapping_file, yaml.safe_dump(mapping, sort_keys=False))
+    atomic_write_text(mapping_file, yaml.safe_dump(mapping, sort_keys=False))
     return stage
