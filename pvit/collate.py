@@ -192,7 +192,10 @@ class Collator(TruncationMixin):
                 turns = turns[:-1]
             prompt = turns[-1][1]
         roles = [r for r, _ in turns]
-        texts, boxes = self._rewrite([t for _, t in turns], explicit, where)
+        if sample.get("region_text", "parse") == "plain":  # box text is words here, not regions
+            texts, boxes = [t for _, t in turns], [[] for _ in turns]
+        else:
+            texts, boxes = self._rewrite([t for _, t in turns], explicit, where)
         if not has_image and any(boxes):
             raise DataError(f"{where}: the sample mentions regions but has no image")
         image_text = I0 + IMAGE_PATCH_TOKEN * self.num_image_tokens + I1 if has_image else ""

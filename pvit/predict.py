@@ -7,16 +7,20 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from pvit.errors import CheckpointError
+from pvit.interfaces import REGION_START
 from pvit.predict_text import PredictError, cut_at_stop, normalise_box, reply_boxes, resolve_regions
 
 __all__ = ["Predictor", "Reply", "PredictError", "run_batch"]
+
+#: How a prompt's box text is read: ``parse`` (regions) or ``plain`` (words only).
+REGION_TEXT = ("parse", "plain")
 
 
 @dataclass
@@ -135,9 +139,11 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------ requests
     def sample(self, image, prompt: str | list, boxes: Sequence | None = None, box_format: str = "pixels",
-               max_regions: int | None = None) -> dict:
+               max_regions: int | None = None, region_text: str = "parse") -> dict:
         """A collator sample for one request; ``prompt`` is text or ``[{"role", "content"}, ...]`` ending on user.
 
+        ``region_text="plain"`` reads the prompt as plain text: ``<regionN>``, Shikra and PVIT box text are not
+        regions but words (for prompts that merely talk about boxes, such as data-generation prompts).
         Raises PredictError for an unreadable image, a box outside the image, or unmatched ``<regionN>``.
         """
         from pvit.images import load_image
@@ -153,12 +159,25 @@ class Predictor:
         turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if not turns or turns[-1].get("role") != "user":
             raise PredictError("the conversation must end with a user message", "invalid_request")
-        norm = [normalise_box(b, box_format, size, f"boxes[{i}]") for i, b in enumerate(boxes or [])]
-        if norm and image is None:
-            raise PredictError("boxes were given without an image", "invalid_box")
-        texts = resolve_regions([str(t.get("content", "")) for t in turns], norm, max_regions=max_regions)
+        if region_text not in REGION_TEXT:
+            raise PredictError(f"region_text {region_text!r} is unknown; valid: {', '.join(REGION_TEXT)}",
+                               "invalid_request")
+        texts = [str(t.get("content", "")) for t in turns]
+        if region_text == "plain":
+            if boxes:
+                raise PredictError(f"{len(boxes)} box(es) given with region_text 'plain' (the text is read without "
+                                   "regions); drop the boxes or use region_text 'parse'", "box_without_mention")
+        else:
+            norm = [normalise_box(b, box_format, size, f"boxes[{i}]") for i, b in enumerate(boxes or [])]
+            if norm and image is None:
+                raise PredictError("boxes were given without an image", "invalid_box")
+            texts = resolve_regions(texts, norm, max_regions=max_regions)
+            if image is None and any(REGION_START in t for t in texts):
+                raise PredictError("the prompt has region text (<regionN>, <Region>...</Region> or [x1,y1,x2,y2]) but "
+                                   "no image; send an image, or set region_text 'plain' to read box text as words",
+                                   "region_without_image")
         conv = [{"from": "human" if t.get("role") == "user" else "gpt", "value": x} for t, x in zip(turns, texts)]
-        return {"id": "request", "image": image, "conversations": conv, "size": size}
+        return {"id": "request", "image": image, "conversations": conv, "size": size, "region_text": region_text}
 
     def encode(self, sample: dict) -> dict:
         """Tokenise a request sample; PredictError when the prompt is over the context length."""
@@ -182,28 +201,34 @@ class Predictor:
     def _reply(self, text: str, sample: dict, enc: dict, stop, max_new: int) -> Reply:
         text, stopped = cut_at_stop(text, stop)
         n = len(self.collator.tok(text, add_special_tokens=False)["input_ids"])
-        return Reply(text, reply_boxes(text, self.model.region_encoder, sample["size"]),
+        plain = sample.get("region_text") == "plain"
+        return Reply(text, [] if plain else reply_boxes(text, self.model.region_encoder, sample["size"]),
                      "stop" if stopped or n < max_new else "length", len(enc["input_ids"]), n)
 
     def predict_batch(self, requests: list[dict], *, stop: Sequence[str] | None = None, **decoding) -> list[Reply]:
-        """Answer several requests in one batch: each a dict of ``image``, ``prompt``, ``boxes``, ``box_format``."""
+        """Answer several requests in one batch: each a dict of ``image``, ``prompt``, ``boxes``, ``box_format``
+        and optionally ``region_text`` (see [sample][pvit.predict.Predictor.sample])."""
         samples = [r if "conversations" in r else self.sample(r.get("image"), r["prompt"], r.get("boxes"),
-                                                              r.get("box_format", "pixels")) for r in requests]
+                                                              r.get("box_format", "pixels"),
+                                                              region_text=r.get("region_text", "parse"))
+                   for r in requests]
         encoded = [self.encode(s) for s in samples]
         opts = self._options(**decoding)
         with self.lock:
             texts = run_batch(self.model, self.collator, encoded, precision=self.precision, **opts)
         return [self._reply(t, s, e, stop, opts["max_new_tokens"]) for t, s, e in zip(texts, samples, encoded)]
 
-    def predict(self, image, prompt, boxes=None, *, box_format: str = "pixels", stop=None, **decoding) -> Reply:
+    def predict(self, image, prompt, boxes=None, *, box_format: str = "pixels", region_text: str = "parse",
+                stop=None, **decoding) -> Reply:
         """Answer one prompt about ``image``; decoding: ``max_new_tokens``, ``do_sample``, ``temperature``,
-        ``top_p``, ``seed``; ``stop``: strings that end the answer."""
-        return self.predict_batch([{"image": image, "prompt": prompt, "boxes": boxes, "box_format": box_format}],
-                                  stop=stop, **decoding)[0]
+        ``top_p``, ``seed``; ``stop``: strings that end the answer; ``region_text`` as in ``sample``."""
+        return self.predict_batch([{"image": image, "prompt": prompt, "boxes": boxes, "box_format": box_format,
+                                    "region_text": region_text}], stop=stop, **decoding)[0]
 
-    def stream(self, image, prompt, boxes=None, *, box_format: str = "pixels", stop=None, **decoding) -> "Stream":
+    def stream(self, image, prompt, boxes=None, *, box_format: str = "pixels", region_text: str = "parse",
+               stop=None, **decoding) -> "Stream":
         """Like ``predict`` but returns a [Stream][pvit.predict.Stream]: iterate it for text pieces as they come."""
-        sample = self.sample(image, prompt, boxes, box_format)
+        sample = self.sample(image, prompt, boxes, box_format, region_text=region_text)
         return Stream(self, sample, self.encode(sample), stop, self._options(**decoding))
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import io
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +191,48 @@ def test_full_queue_gets_503_and_a_dropped_stream_frees_its_slot(server, predict
         del predictor.stream
     r = httpx.post(url, json={"messages": messages("hi"), "max_tokens": 2}, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_pvit_generate_runs_against_pvit_serve(server, predictor, tmp_path, monkeypatch):
+    """The generation job with `pvit serve` as its endpoint: every planned request is answered once (no 4xx, no
+    retry), and every reply is accounted for as an accepted sample or a rejection with a reason."""
+    pytest.importorskip("pvit_generate")
+    from pvit_generate.runner import run_job
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "generate" / "task_specific.yaml"
+    # the micro recipe's context (256) is shorter than a scene's listing in its word-level tokens
+    monkeypatch.setattr(predictor.collator, "max_length", 2048)
+    system = tmp_path / "system.txt"
+    system.write_text("Write one question and answer about the regions as JSON.\n")
+    over = [f"generate.output={tmp_path / 'out'}", "generate.sources.0.options.size=2",
+            "generate.generator.name=openai-compatible", f"generate.generator.options.model={server['name']}",
+            f"generate.generator.options.base_url={server['base']}/v1",
+            "generate.generator.options.extra_body={region_text: plain}",
+            "generate.requests.max_output_tokens=8", "generate.requests.max_retries=0",
+            f"generate.prompts.system.default={system}", "generate.prompts.shots=0"]
+    plan = run_job(recipe, over, dry_run=True, log=lambda s: None)
+    server["batches"].clear()
+    m = run_job(recipe, over, log=lambda s: None)
+    assert plan["requests"] == 10 and m["requests"] == 10 and sum(server["batches"]) == 10
+    counts = m["counts"]
+    assert counts["accepted"] + counts["rejected"] == 10
+    assert counts["rejected_by_reason"] and "request-failed" not in counts["rejected_by_reason"]
+    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == counts["rejected"] and all(r["reason"] and r["reply"] for r in rejected)
+
+
+def test_box_text_in_a_text_only_prompt_is_a_region_unless_plain(server):
+    """Box text without an image is refused as a region (400); `region_text: plain` reads it as words."""
+    url = server["base"] + "/v1/chat/completions"
+    text = "Describe <Region>[0.100, 0.200, 0.300, 0.400]</Region> in words."
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 3}
+    r = httpx.post(url, json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "region_without_image"
+    assert "region_text 'plain'" in r.json()["error"]["message"]
+    r = httpx.post(url, json={**body, "region_text": "plain"}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["boxes"] == []
+    r = httpx.post(url, json={**body, "region_text": "words"}, timeout=60)
+    assert r.status_code == 400 and "valid: parse, plain" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"messages": messages("What is <region1>?"), "region_text": "plain",
+                              "regions": [{"image": 0, "box": [4, 4, 30, 30]}]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "box_without_mention"

@@ -160,12 +160,15 @@ def create_app(predictor, opts: ServeOptions | None = None, limits: Limits | Non
         released = False
         try:
             image, turns, boxes, fmt = await asyncio.to_thread(parse_messages, body, limits)
-            sample = predictor.sample(image, turns, boxes, fmt, max_regions=limits.max_regions)
+            region_text = body.get("region_text", "parse")
+            sample = predictor.sample(image, turns, boxes, fmt, max_regions=limits.max_regions,
+                                      region_text=region_text if isinstance(region_text, str) else repr(region_text))
             predictor.encode(sample)  # over the context length: a 400 now, not in the batch
             decoding, stop = decoding_of(body, opts, predictor.collator.max_length)
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             if body.get("stream"):
-                stream = predictor.stream(sample["image"], turns, boxes, box_format=fmt, stop=stop, **decoding)
+                stream = predictor.stream(sample["image"], turns, boxes, box_format=fmt, region_text=region_text,
+                                          stop=stop, **decoding)
                 released = True
                 return StreamingResponse(_sse(stream, request, batcher, rid, created, predictor.name),
                                          media_type="text/event-stream")
