@@ -72,12 +72,15 @@ class RegionInputs:
         image_maps: feature maps of the image encoder, one (B_i, C, gh, gw) per entry of the encoder's
             ``image_layers``, or an empty list.
         image_size: (H, W) of the image encoder's input, for encoders that pool ``image_maps``.
+        features: the encoder's own ``image_features(pixels)`` (B_i, ...), already computed (the frozen-feature
+            cache), or None; rows of images without boxes may be zeros.
     """
 
     pixels: "torch.Tensor | None" = None
     sizes: "torch.Tensor | None" = None
     image_maps: list = field(default_factory=list)
     image_size: tuple[int, int] | None = None
+    features: "torch.Tensor | None" = None
 
     def to(self, device) -> "RegionInputs":
         return RegionInputs(
@@ -85,6 +88,7 @@ class RegionInputs:
             sizes=None if self.sizes is None else self.sizes.to(device),
             image_maps=[m.to(device) for m in self.image_maps],
             image_size=self.image_size,
+            features=None if self.features is None else self.features.to(device),
         )
 
 

@@ -63,6 +63,9 @@ OPTIONAL_ATTRIBUTES: dict[str, tuple[OptionalAttribute, ...]] = {
         _FROZEN,
         OptionalAttribute("carries_box", "bool", True, "assumed True: with K = 0 the contract check "
                           "(pvit.testing) asks different boxes to render different text", check=_is_bool),
+        OptionalAttribute("image_features", "(pixels: Tensor) -> Tensor", None, "the frozen-feature cache keeps "
+                          "nothing of the encoder; when present it is the box-independent part, per image row, that "
+                          "the cache keeps and `forward` reads back from `RegionInputs.features`", method=True),
         _GROUPS,
     ),
     "projector": (

@@ -41,6 +41,8 @@ class PVITModel(nn.Module):
         vocab = tok.get_vocab() if tok is not None else {}
         self.image_patch_id = vocab.get(IMAGE_PATCH_TOKEN, -1)
         self.region_patch_id = vocab.get(REGION_PATCH_TOKEN, -1)
+        self.feature_cache = None  # a pvit.feature_cache.FeatureCache, set by the run
+        self._cached: dict[str, str] = {}  # component -> cache namespace (its weights fingerprint)
         self.bbox_embed = None
         if bbox_embed and k > 0:
             # PVIT's stage-2 ``bbox_fc`` (Linear(4, D)); zero-initialised here so that adding it leaves the
@@ -63,6 +65,41 @@ class PVITModel(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return int(self.image_encoder.num_tokens) if self.image_encoder is not None else 0
+
+    def cache_frozen(self, components: list[str]) -> list[str]:
+        """Cache the outputs of these (frozen) encoders from now on, keyed by their current weights; ``[]``
+        stops caching. Returns the components cached (those present, and only with a ``feature_cache``)."""
+        from pvit.feature_cache import fingerprint
+
+        names = [c for c in components if c in ("image_encoder", "region_encoder") and getattr(self, c) is not None]
+        if self.feature_cache is None:
+            names = []
+        self._cached = {c: f"{c}:{fingerprint(getattr(self, c))}" for c in names}
+        return names
+
+    def _image_tokens(self, pixels: torch.Tensor, layers: list) -> tuple[torch.Tensor, list]:
+        """Image encoder tokens (B_i, N, D_v) and the maps of ``layers``, through the cache when frozen."""
+        enc = self.image_encoder
+
+        def run(p):
+            if layers:
+                tokens, maps = enc.forward_with_maps(p, layers)
+                return (tokens, *maps)
+            return (enc(p),)
+
+        ns = self._cached.get("image_encoder")
+        out = self.feature_cache.rows(f"{ns}|layers={layers}", run, pixels) if ns else list(run(pixels))
+        return out[0], list(out[1:])
+
+    def _region_inputs(self, rin: RegionInputs, regions: Regions) -> RegionInputs:
+        """Adds the region encoder's box-independent ``image_features`` from the cache when it is frozen."""
+        ns = self._cached.get("region_encoder")
+        fn = getattr(self.region_encoder, "image_features", None)
+        if not ns or not callable(fn) or rin.pixels is None or rin.features is not None:
+            return rin
+        keep = (regions.counts > 0).nonzero().flatten().tolist()
+        feats = self.feature_cache.rows(f"{ns}|image_features", lambda p: (fn(p),), rin.pixels, keep)[0]
+        return RegionInputs(rin.pixels, rin.sizes, rin.image_maps, rin.image_size, feats)
 
     # --------------------------------------------------------------------------------------------- forward
     def _check_counts(self, input_ids, token_id, expected, what, ids):
@@ -91,10 +128,7 @@ class PVITModel(nn.Module):
             self._check_counts(input_ids, self.image_patch_id, expected, "image", ids)
             if pixels is not None and len(pixels):
                 layers = list(getattr(self.region_encoder, "image_layers", []) or [])
-                if layers:
-                    tokens, maps = self.image_encoder.forward_with_maps(pixels, layers)  # (B_i, N, D_v)
-                else:
-                    tokens = self.image_encoder(pixels)  # (B_i, N, D_v)
+                tokens, maps = self._image_tokens(pixels, layers)  # (B_i, N, D_v), [(B_i, C, gh, gw)]
                 feats = self.projector(tokens)  # (B_i, N, D)
                 mask = (input_ids == self.image_patch_id).unsqueeze(-1)  # (B, T, 1)
                 embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
@@ -106,7 +140,7 @@ class PVITModel(nn.Module):
                 rin: RegionInputs = batch.get("region_inputs") or RegionInputs()
                 if maps:
                     rin = RegionInputs(rin.pixels, rin.sizes, maps, tuple(self.image_encoder.image_size))
-                feats = self.region_encoder(rin, regions)  # (R, K, D_r)
+                feats = self.region_encoder(self._region_inputs(rin, regions), regions)  # (R, K, D_r)
                 reg = self.region_projector(feats)  # (R, K, D)
                 if self.bbox_embed is not None:
                     flat = regions.boxes.to(reg.device).to(reg.dtype)  # (R, 4)

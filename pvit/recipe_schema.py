@@ -64,6 +64,15 @@ class Model:
 
 
 @dataclass
+class FeatureCacheOptions:
+    """Frozen-feature cache (``pvit.feature_cache``): frozen encoders' outputs per image, computed once."""
+
+    enabled: bool = True
+    max_memory_mb: float = 1024.0
+    dir: Optional[str] = None
+
+
+@dataclass
 class Engine:
     """How stages run: strategy, devices, logging, checkpoints."""
 
@@ -77,6 +86,7 @@ class Engine:
     progress: bool = True
     deterministic: bool = False
     measure_flops: bool = True
+    feature_cache: FeatureCacheOptions = field(default_factory=FeatureCacheOptions)
 
 
 @dataclass

@@ -86,7 +86,8 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
     entry = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),
              "trainable": result.trainable, "losses": result.losses,
              "final_loss": result.losses[-1][1] if result.losses else None,
-             "world_size": result.world, "strategy": result.strategy, "flops": result.flops}
+             "world_size": result.world, "strategy": result.strategy, "flops": result.flops,
+             "feature_cache": result.cache}
     if info.main:
         export = run_dir.export(i, st.name)
         export_stage(model, list(st.trainable), export, {"stage": st.name, "recipe": cfg.name})
@@ -94,7 +95,8 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
         run_dir.write_stage(i, st.name, entry)
     barrier()  # the export exists before any rank moves on (a later stage may init_from it)
     log(f"stage {i + 1}/{len(names)} {st.name}: {result.steps} steps in {result.seconds:.0f} s" +
-        (f", final loss {entry['final_loss']:.4f}" if entry["final_loss"] is not None else "") + _mfu_text(result.flops))
+        (f", final loss {entry['final_loss']:.4f}" if entry["final_loss"] is not None else "") + _mfu_text(result.flops)
+        + (f", frozen-feature cache {100 * result.cache['hit_rate']:.0f}% hits" if result.cache else ""))
     return entry
 
 
@@ -127,6 +129,11 @@ def _run(loaded: LoadedRecipe, info, *, resume: str | None, overwrite: bool, log
     log(f"pvit: building model for recipe {cfg.name!r}" + (f" ({info.world} processes, {strategy})"
                                                           if info.world > 1 else "") + f" on {device}")
     model = build_model(cfg).to(device)
+    if cfg.engine.feature_cache.enabled:
+        from pvit.feature_cache import FeatureCache
+
+        fc = cfg.engine.feature_cache
+        model.feature_cache = FeatureCache(fc.max_memory_mb, fc.dir)
     plan = plan_model(model, cfg)
     template = get_template(cfg.model.template, model.llm.tokenizer)
     summary: dict[str, Any] = {"recipe": cfg.name, "run_dir": str(run_dir.path), "plan": plan.as_dict(),

@@ -266,3 +266,17 @@ def test_generation_is_fast_enough():
         ds[i]
     # measured ~1100 samples/s at 96 px on one core; a 32-sample batch must take far less than a 0.1 s step
     assert (time.perf_counter() - start) / 100 < 0.01
+
+
+def test_scene_pool_repeats_images_with_new_questions_and_is_shared_across_tasks():
+    qa = pvit.build("dataset", "synth-regions", size=24, scenes=6, task="all-region", questions_per_sample=3)
+    cap = pvit.build("dataset", "synth-regions", size=24, scenes=6, task="caption", words_per_image=1)
+    img = lambda d, i: np.asarray(d[i]["image"])  # noqa: E731
+    assert all(np.array_equal(img(qa, i), img(qa, i + 6)) for i in range(6))
+    assert all(np.array_equal(img(qa, i), img(cap, i + 12)) for i in range(6))  # one pool, whatever the task
+    assert not np.array_equal(img(qa, 0), img(qa, 1))
+    turns = [[t["value"] for t in qa[i]["conversations"]] for i in (0, 6, 12, 18)]
+    assert len({str(t) for t in turns}) == 4  # the same image, other questions
+    assert qa.options["scenes"] == 6
+    with pytest.raises(ComponentOptionError, match="scenes"):
+        pvit.build("dataset", "synth-regions", scenes=0)

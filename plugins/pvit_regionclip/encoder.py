@@ -88,6 +88,13 @@ class RegionCLIPEncoder(nn.Module):
         v = self.visual
         return v.layer3(v.layer2(v.layer1(v.stem(pixels))))
 
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The box-independent part, per image: (B, 3, H, W) -> res4 (B, C, h, w), what the frozen-feature
+        cache keeps (``RegionInputs.features``)."""
+        param = self.visual.conv1.weight
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            return self.res4(pixels.to(device=param.device, dtype=param.dtype))
+
     def roi_features(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """res4 (B, C, h, w), rois (R, 5) = (batch_idx, x1, y1, x2, y2) in input pixels -> (R, C, S, S).
 
@@ -142,7 +149,10 @@ class RegionCLIPEncoder(nn.Module):
         grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with grad:
             rois = self._rois(inputs, regions, keep, param.device)  # (R, 5)
-            pixels = inputs.pixels if len(keep) == n_img else inputs.pixels[keep]  # (B', 3, H, W)
-            pixels = pixels.to(device=param.device, dtype=param.dtype)
-            feats = self.head(self.roi_features(self.res4(pixels), rois))  # (R, D)
+            if inputs.features is not None:  # computed (or cached) already
+                res4 = inputs.features if len(keep) == n_img else inputs.features[keep]  # (B', C, h, w)
+            else:
+                pixels = inputs.pixels if len(keep) == n_img else inputs.pixels[keep]  # (B', 3, H, W)
+                res4 = self.res4(pixels.to(device=param.device, dtype=param.dtype))
+            feats = self.head(self.roi_features(res4, rois))  # (R, D)
         return feats.to(param.dtype).unsqueeze(1)  # (R, 1, D), in the weights' dtype even under autocast

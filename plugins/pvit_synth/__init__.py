@@ -19,6 +19,7 @@ def make_synth_regions(
     colors: list | None = None,
     words_per_image: int | None = None,
     object_size: list | tuple = (8, 24),
+    scenes: int | None = None,
 ):
     """Build the synth-regions dataset: images of 3-5 shapes (and words) with region conversations.
 
@@ -40,6 +41,10 @@ def make_synth_regions(
         colors: colour names (default red, green, blue, yellow, purple, cyan; also orange, pink).
         words_per_image: words drawn per image (default 1 when "ocr" is a task, else 0).
         object_size: [min, max] side of a shape in pixels at 64 px (default [8, 24]).
+        scenes: draw images from a pool of this many scenes (sample i shows scene i mod ``scenes``, with its own
+            questions) instead of one scene per sample (default). Datasets with the same ``seed``, ``split``,
+            ``image_size``, object and word options share their pool whatever the tasks, so a frozen encoder's
+            features of an image can be cached and reused across epochs and stages.
 
     The dataset also offers ``vocabulary()`` (every word the texts use), ``texts()``, ``scene(i)`` and
     ``write(path)`` (PVIT's directory format).
@@ -50,7 +55,7 @@ def make_synth_regions(
         split=split, size=size, task=task, image_size=image_size, seed=seed,
         questions_per_sample=questions_per_sample, min_objects=min_objects, max_objects=max_objects,
         task_weights=task_weights, shapes=shapes, colors=colors, words_per_image=words_per_image,
-        object_size=object_size,
+        object_size=object_size, scenes=scenes,
     )
 
 

@@ -64,6 +64,7 @@ class SynthRegions:
         colors: Sequence[str] | None = None,
         words_per_image: int | None = None,
         object_size: Sequence[int] = DEFAULT_OBJECT_SIZE,
+        scenes: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise _bad("split", split, f"splits: {', '.join(SPLITS)}")
@@ -75,6 +76,9 @@ class SynthRegions:
             raise _bad("questions_per_sample", questions_per_sample, "give at least 1")
         if not 2 <= int(min_objects) <= int(max_objects):
             raise _bad("min_objects/max_objects", (min_objects, max_objects), "need 2 <= min_objects <= max_objects")
+        if scenes is not None and int(scenes) < 1:
+            raise _bad("scenes", scenes, "give a pool of at least 1 scene, or null for one scene per sample")
+        self.scenes = None if scenes is None else int(scenes)
         self.split, self.size, self.seed = split, int(size), int(seed)
         self.image_size = int(image_size)
         self.questions_per_sample = int(questions_per_sample)
@@ -108,7 +112,7 @@ class SynthRegions:
         """The options that reproduce this dataset (JSON-friendly)."""
         return {
             "split": self.split, "size": self.size, "task": list(self.tasks), "image_size": self.image_size,
-            "seed": self.seed, "questions_per_sample": self.questions_per_sample,
+            "seed": self.seed, "questions_per_sample": self.questions_per_sample, "scenes": self.scenes,
             "min_objects": self.min_objects, "max_objects": self.max_objects,
             "task_weights": dict(zip(self.tasks, self.task_probs.tolist())),
             "shapes": list(self.shapes), "colors": list(self.colors),
@@ -151,17 +155,30 @@ class SynthRegions:
             raise IndexError(f"synth-regions ({self.split}) has {self.size} samples; index {index} is out of range")
         return int(index)
 
+    def _scene(self, rng: np.random.Generator, want_pair: bool, where: str) -> Scene:
+        return sample_scene(
+            rng, image_size=self.image_size, shapes=self.shapes, colors=self.colors, words=WORDS,
+            min_objects=self.min_objects, max_objects=self.max_objects, num_words=self.words_per_image,
+            object_size=self.object_size, want_pair=want_pair, where=where,
+        )
+
+    def _pooled(self, index: int) -> tuple[np.random.Generator, Scene]:
+        """(render rng, scene) of pool scene ``index mod scenes``: a stream of its own, independent of tasks."""
+        j = index % self.scenes
+        rng = np.random.default_rng(np.random.SeedSequence([_SALT, self.seed, SPLITS[self.split], j, 1]))
+        return rng, self._scene(rng, bool(rng.integers(0, 2)), f"synth-regions {self.split} scene {j}")
+
     def _plan(self, index: int):
-        """(rng, scene, turns) of sample ``index``: tasks are drawn first, then a scene that supports them."""
+        """(render rng, scene, turns) of sample ``index``: tasks are drawn first, then a scene that supports them
+        (or, with a scene pool, the pooled scene: a task it cannot support asks about an attribute instead)."""
         rng = self._rng(index)
         chosen = rng.choice(len(self.tasks), size=self.questions_per_sample, p=self.task_probs).tolist()
         want_yes = [bool(rng.integers(0, 2)) for _ in chosen]
         need_pair = any(y and self.tasks[c] == "same-category" for c, y in zip(chosen, want_yes))
-        scene = sample_scene(
-            rng, image_size=self.image_size, shapes=self.shapes, colors=self.colors, words=WORDS,
-            min_objects=self.min_objects, max_objects=self.max_objects, num_words=self.words_per_image,
-            object_size=self.object_size, want_pair=need_pair, where=f"synth-regions {self.split}[{index}]",
-        )
+        if self.scenes:
+            draw, scene = self._pooled(index)
+        else:
+            draw, scene = rng, self._scene(rng, need_pair, f"synth-regions {self.split}[{index}]")
         turns, used = [], set()
         for c, yes in zip(chosen, want_yes):
             task = self.tasks[c]
@@ -170,7 +187,7 @@ class SynthRegions:
                 turn = T.make_turn("attribute", scene, rng, used, len(self.shapes), len(self.colors), len(WORDS))
             used.update(turn.targets)
             turns.append(turn)
-        return rng, scene, turns
+        return draw, scene, turns
 
     def scene(self, index: int) -> Scene:
         """The layout of sample ``index`` (no image rendered)."""

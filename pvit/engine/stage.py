@@ -28,7 +28,7 @@ from pvit.engine.strategies import (deepspeed_strategy, fsdp_state_dict_cfg, fsd
                                     release, resolve_strategy, warnings_off)
 from pvit.errors import RecipeError
 from pvit.model import PVITModel
-from pvit.slots import set_trainable
+from pvit.slots import frozen_components, set_trainable
 
 
 @dataclass
@@ -41,6 +41,7 @@ class StageResult:
     strategy: str = "single"
     world: int = 1
     flops: dict | None = None
+    cache: dict | None = None  # frozen-feature cache use during the stage: components, hits, misses
 
 
 def _check(stage: Any, strategy: str, where: str) -> None:
@@ -127,6 +128,8 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
     strategy = resolve_strategy(engine_cfg.strategy, info.world)
     _check(stage, strategy, where)
     state = set_trainable(model, list(stage.trainable), where=where)
+    cached = model.cache_frozen(frozen_components(model, list(stage.trainable)))
+    before = model.feature_cache.stats() if cached else None
     if info.world > 1:
         _warn_batchnorm(model, list(stage.trainable), where)
     per_step = optim.batch_size * info.world * optim.grad_accum
@@ -206,10 +209,22 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
             flops["flops_per_step"] = count_step_flops(model, dataset, collator, optim)
     finally:
         state.remove()
+        cache = _cache_use(model, cached, before)
+        model.cache_frozen([])
         _stop_workers(runner)
     if flops:
         flops = utilisation(flops, next(model.llm.parameters()).device, optim.precision)
-    return StageResult(stage.name, iters, losses, seconds, state.counts, strategy, info.world, flops)
+    return StageResult(stage.name, iters, losses, seconds, state.counts, strategy, info.world, flops, cache)
+
+
+def _cache_use(model: PVITModel, cached: list[str], before: dict | None) -> dict | None:
+    """Rows found in / added to the frozen-feature cache during a stage (the FLOP count step included)."""
+    if not cached or before is None:
+        return None
+    now = model.feature_cache.stats()
+    hits, misses = now["hits"] - before["hits"], now["misses"] - before["misses"]
+    return {"components": cached, "hits": hits, "misses": misses,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0, "memory_mb": now["memory_mb"]}
 
 
 def count_step_flops(model: PVITModel, dataset, collator, optim: Any) -> int:
