@@ -12,9 +12,9 @@ them, per image row, keyed by
   size or augmentation is a different key.
 
 Only box-independent work is cached: a region encoder exposes it as ``image_features(pixels)`` and pools boxes
-from it in ``forward`` (``RegionInputs.features``), so box jitter keeps working. Entries live in memory (LRU,
-bounded by ``max_memory_mb``) and, with ``dir`` set, on disk (one safetensors file per entry, written
-atomically), where a later run with the same weights finds them.
+from it in ``forward`` (``RegionInputs.features``), so box jitter keeps working. Entries live in host memory
+(LRU, bounded by ``max_memory_mb``, also when the encoder runs on a GPU) and, with ``dir`` set, on disk (one
+safetensors file per entry, written atomically), where a later run with the same weights finds them.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class FeatureCache:
             with torch.no_grad():
                 outs = tuple(fn(x if len(todo) == x.shape[0] else x[todo]))
             for j, i in enumerate(todo):
-                found[i] = tuple(o[j].detach() for o in outs)
+                found[i] = tuple(o[j].detach().cpu() for o in outs)  # host memory, not the accelerator's
                 self._put(keys[i], found[i])
         full = [torch.zeros((x.shape[0], *t.shape), dtype=t.dtype, device=x.device) for t in found[rows[0]]]
         for i in rows:
