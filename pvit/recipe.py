@@ -21,7 +21,7 @@ from pvit.secrets import redact, scrub, secret_env_values
 
 # Names that moved out of this module, still importable from here.
 from pvit.recipe_layers import FORBIDDEN_KEYS  # noqa: F401
-from pvit.recipe_schema import Component, Engine, Model, Optim, Stage  # noqa: F401
+from pvit.recipe_schema import Component, Engine, FeatureCacheOptions, Model, Optim, Stage  # noqa: F401
 
 _scrub = scrub  # old private names, used by callers before pvit.secrets existed
 _secret_env_values = secret_env_values

@@ -82,8 +82,14 @@ FIELD_DOCS = {
     "Engine.deterministic": "Ask torch for deterministic algorithms (slower).",
     "Engine.measure_flops": "Count one training step's FLOPs after each stage and report FLOP/s and MFU against a "
                             "measured matmul peak (cached in `~/.cache/pvit`).",
+    "Engine.feature_cache": "Reuse frozen encoders' outputs per image: [FeatureCacheOptions](#featurecacheoptions); "
+                            "see [the frozen-feature cache](recipes.md#feature-cache).",
+    "FeatureCacheOptions.enabled": "Cache the outputs of the encoders a stage leaves frozen.",
+    "FeatureCacheOptions.max_memory_mb": "Bound on the cache in host memory; least recently used entries go first.",
+    "FeatureCacheOptions.dir": "A folder for an on-disk cache that later runs with the same weights reuse; null: "
+                               "memory only.",
 }
-SCHEMA_ORDER = ("Recipe", "Model", "Component", "Stage", "Optim", "Engine")
+SCHEMA_ORDER = ("Recipe", "Model", "Component", "Stage", "Optim", "Engine", "FeatureCacheOptions")
 
 
 _CODE_RE = re.compile(r"(`+)(.+?)\1", re.S)
@@ -368,6 +374,7 @@ def _raise_each() -> dict[str, str]:
     import pvit
     from pvit import regions
     from pvit.plugins import register_plugin
+    from pvit.predict_text import resolve_regions
 
     tiny = ROOT / "recipes" / "pvit_tiny.yaml"
     tmp = Path(tempfile.mkdtemp(prefix="pvit-docs-"))
@@ -424,8 +431,11 @@ def _raise_each() -> dict[str, str]:
         "RunDirError": run_dir,
         "CheckpointError": checkpoint,
         "MissingWeightsError": missing_weights,
+        "PredictError": lambda: resolve_regions(["What is <region1> holding, next to <region2>?"],
+                                                [(0.1, 0.2, 0.5, 0.6)]),
     }
     from pvit.errors import PvitError
+    from pvit.predict_text import PredictError
 
     out = {}
     try:
@@ -434,7 +444,7 @@ def _raise_each() -> dict[str, str]:
             for name, fn in cases.items():
                 try:
                     fn()
-                except PvitError as e:
+                except (PvitError, PredictError) as e:
                     text = f"{type(e).__name__}: {e}"
                     out[name] = text.replace(str(tmp) + "/", "").replace(str(ROOT) + "/", "")
                     if type(e).__name__ != name:
