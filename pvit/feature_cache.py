@@ -45,10 +45,10 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def _row_hash(row: torch.Tensor) -> str:
+    """SHA-256 of a row's dtype, shape and bytes (hashed in place; SHA-256 has hardware support on most CPUs)."""
     row = row.detach().cpu().contiguous()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{row.dtype}|{tuple(row.shape)}|".encode())
-    h.update(row.view(torch.uint8).numpy().tobytes())
+    h = hashlib.sha256(f"{row.dtype}|{tuple(row.shape)}|".encode())
+    h.update(memoryview(row.view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -118,15 +118,23 @@ class FeatureCache:
         prefix = f"{namespace}|amp={amp}|"
         keys = {i: hashlib.blake2b((prefix + _row_hash(x[i])).encode(), digest_size=20).hexdigest() for i in rows}
         found = {i: v for i in rows if (v := self._get(keys[i])) is not None}
-        todo = [i for i in rows if i not in found]
-        self.hits += len(found)
+        first: dict[str, int] = {}  # a row repeated within the batch is computed once
+        for i in rows:
+            if i not in found:
+                first.setdefault(keys[i], i)
+        todo = list(first.values())
+        self.hits += len(rows) - len(todo)
         self.misses += len(todo)
         if todo:
             with torch.no_grad():
                 outs = tuple(fn(x if len(todo) == x.shape[0] else x[todo]))
             for j, i in enumerate(todo):
-                found[i] = tuple(o[j].detach().cpu() for o in outs)  # host memory, not the accelerator's
-                self._put(keys[i], found[i])
+                entry = tuple(o[j].detach().cpu() for o in outs)  # host memory, not the accelerator's
+                self._put(keys[i], entry)
+                found[i] = entry
+            for i in rows:
+                if i not in found:
+                    found[i] = found[first[keys[i]]]
         full = [torch.zeros((x.shape[0], *t.shape), dtype=t.dtype, device=x.device) for t in found[rows[0]]]
         for i in rows:
             for f, t in zip(full, found[i]):
