@@ -112,7 +112,7 @@ def evaluate_checkpoint(recipe: Path, checkpoints: list[Path], *, out: Path | No
                         log: Callable[[str], None] = print) -> dict:
     """Build the recipe's model, load exported stage weights in order, run the recipe's ``eval:`` list."""
     from pvit.checkpoints import load_export
-    from pvit.compose import build_model
+    from pvit.compose import build_as_run
     from pvit.device import resolve_device
     from pvit.errors import RecipeError
     from pvit.evaluate import run_evaluations
@@ -125,7 +125,7 @@ def evaluate_checkpoint(recipe: Path, checkpoints: list[Path], *, out: Path | No
     check_components(cfg)
     if not cfg.eval:
         raise RecipeError(f"{recipe}: the recipe has no eval: list")
-    model = build_model(cfg).to(resolve_device(cfg.engine.device))
+    model = build_as_run(cfg).to(resolve_device(cfg.engine.device))
     for c in checkpoints:
         load_export(model, c)
         log(f"loaded {c}")

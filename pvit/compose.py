@@ -29,3 +29,13 @@ def build_model(cfg: Any) -> PVITModel:
         region_projector = build("projector", m.region_projector, where="model.region_projector",
                                  in_dim=region_encoder.out_dim, out_dim=llm.hidden_size)
     return PVITModel(llm, image_encoder, region_encoder, projector, region_projector, bbox_embed=m.bbox_embed)
+
+
+def build_as_run(cfg: Any) -> PVITModel:
+    """``build_model`` under the RNG state a run builds with (``seed``, restored afterwards), so components with
+    random weights that no stage export holds (frozen random encoders) come out as in the trained run."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg)

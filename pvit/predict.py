@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import queue
+import functools
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 from pvit.errors import CheckpointError
 from pvit.interfaces import REGION_START
+from pvit.predict_stream import Stream
 from pvit.predict_text import PredictError, cut_at_stop, normalise_box, reply_boxes, resolve_regions
 
-__all__ = ["Predictor", "Reply", "PredictError", "run_batch"]
+__all__ = ["Predictor", "Reply", "PredictError", "Stream", "run_batch"]
 
 #: How a prompt's box text is read: ``parse`` (regions) or ``plain`` (words only).
 REGION_TEXT = ("parse", "plain")
@@ -34,6 +33,13 @@ class Reply:
     completion_tokens: int = 0
 
 
+def precision_context(device: torch.device, precision: str):
+    """bf16 autocast for a ``bf16`` model, none otherwise (the precision the last stage trained in)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
 def run_batch(model, collator, encoded: list[dict], *, max_new_tokens: int, precision: str = "fp32",
               do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
               **generate_extra) -> list[str]:
@@ -42,9 +48,7 @@ def run_batch(model, collator, encoded: list[dict], *, max_new_tokens: int, prec
 
     device = next(model.llm.parameters()).device
     batch = batch_to(collator.pad(encoded), device)
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-           else torch.autocast(device.type, enabled=False))
-    with ctx:
+    with precision_context(device, precision):
         return model.generate(batch, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                               stop_token_ids=collator.stop_token_ids, seed=seed, **generate_extra)
 
@@ -76,6 +80,7 @@ class Predictor:
         self.name = name
         self.max_new_tokens = int(max_new_tokens)
         self.lock = threading.Lock()  # one generation at a time on the model
+        self.recipe = None  # the recipe config the model was built from (set by from_run / from_pretrained)
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -91,10 +96,17 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, device: str | None = None) -> "Predictor":
-        """Rebuild a stage export's model from its ``recipe.yaml``; loads the earlier stages' exports beside it."""
+        """Rebuild a stage export's model from its ``recipe.yaml``; loads the earlier stages' exports beside it.
+
+        A self-contained folder written by ``pvit export`` (it has ``pvit.json``) needs nothing beside it."""
         from pvit.recipe import load_recipe
 
         export = Path(export_dir)
+        if (export / "pvit.json").is_file():
+            from pvit.export import read_pretrained
+
+            cfg, name = read_pretrained(export)
+            return cls._build(cfg, [export], device, name)
         if not (export / "recipe.yaml").is_file() or not (export / "weights.safetensors").is_file():
             raise CheckpointError(f"{export}: not a pvit export (needs weights.safetensors and recipe.yaml)")
         cfg = load_recipe(export / "recipe.yaml").cfg
@@ -118,7 +130,7 @@ class Predictor:
     @classmethod
     def _build(cls, cfg, exports: list[Path], device: str | None, name: str) -> "Predictor":
         from pvit.checkpoints import load_export
-        from pvit.compose import build_model
+        from pvit.compose import build_as_run
         from pvit.device import resolve_device
         from pvit.preflight import check_components
         from pvit.templates import get_template
@@ -128,14 +140,16 @@ class Predictor:
             raise CheckpointError(f"stage export(s) missing: {', '.join(missing)}; every stage's export is needed "
                                   "in order (each holds only the slots its stage trained)")
         check_components(cfg)
-        model = build_model(cfg).to(resolve_device(device or cfg.engine.device))
+        model = build_as_run(cfg).to(resolve_device(device or cfg.engine.device))
         for e in exports:
             load_export(model, e)
         max_new = max([int(getattr(e, "max_new_tokens", 0) or 0) for e in (cfg.eval or [])] + [128])
-        return cls(model, get_template(cfg.model.template, model.llm.tokenizer), max_length=cfg.model.max_length,
+        pred = cls(model, get_template(cfg.model.template, model.llm.tokenizer), max_length=cfg.model.max_length,
                    region_policy=cfg.model.region_policy,
                    precision=cfg.stages[-1].optim.precision if cfg.stages else "fp32", name=name,
                    max_new_tokens=max_new)
+        pred.recipe = cfg  # what ``pvit export`` writes out again
+        return pred
 
     # ------------------------------------------------------------------------------------------ requests
     def sample(self, image, prompt: str | list, boxes: Sequence | None = None, box_format: str = "pixels",
@@ -205,13 +219,15 @@ class Predictor:
         return Reply(text, [] if plain else reply_boxes(text, self.model.region_encoder, sample["size"]),
                      "stop" if stopped or n < max_new else "length", len(enc["input_ids"]), n)
 
+    def _request_sample(self, r: dict) -> dict:
+        return r if "conversations" in r else self.sample(r.get("image"), r["prompt"], r.get("boxes"),
+                                                          r.get("box_format", "pixels"),
+                                                          region_text=r.get("region_text", "parse"))
+
     def predict_batch(self, requests: list[dict], *, stop: Sequence[str] | None = None, **decoding) -> list[Reply]:
         """Answer several requests in one batch: each a dict of ``image``, ``prompt``, ``boxes``, ``box_format``
         and optionally ``region_text`` (see [sample][pvit.predict.Predictor.sample])."""
-        samples = [r if "conversations" in r else self.sample(r.get("image"), r["prompt"], r.get("boxes"),
-                                                              r.get("box_format", "pixels"),
-                                                              region_text=r.get("region_text", "parse"))
-                   for r in requests]
+        samples = [self._request_sample(r) for r in requests]
         encoded = [self.encode(s) for s in samples]
         opts = self._options(**decoding)
         with self.lock:
@@ -231,85 +247,23 @@ class Predictor:
         sample = self.sample(image, prompt, boxes, box_format, region_text=region_text)
         return Stream(self, sample, self.encode(sample), stop, self._options(**decoding))
 
+    # ------------------------------------------------------------------------------------------ scoring
+    @functools.cached_property
+    def score_collator(self):
+        """The generation collator's settings, encoding prompt and reply together (as in training)."""
+        from pvit.collate import Collator
 
-class _TokenQueue(BaseStreamer):
-    """Hands each generated step's token ids to a queue (the prompt, when generate sends it first, is skipped)."""
+        return Collator.for_model(self.model, self.template, self.collator.max_length, self.collator.region_policy)
 
-    def __init__(self, q: queue.Queue):
-        self.q, self.first = q, True
+    def score_batch(self, requests: list[dict]) -> list:
+        """[Score][pvit.predict_score.Score] each request's ``continuation`` as the reply to its prompt (the other
+        keys as in ``predict_batch``): the sum of its log-probabilities and whether greedy decoding writes it."""
+        from pvit.predict_score import score_samples
 
-    def put(self, value):
-        if self.first and value.dim() > 1 and value.shape[-1] > 1:  # the prompt (not sent from embeddings)
-            self.first = False
-            return
-        self.first = False
-        self.q.put([int(v) for v in value.reshape(-1).tolist()])
+        samples = [self._request_sample(r) for r in requests]
+        return score_samples(self, samples, [r["continuation"] for r in requests])
 
-    def end(self):
-        pass
-
-
-class _Cancel(StoppingCriteria):
-    """Stops every row once ``event`` is set (a client that went away)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class Stream:
-    """Text pieces of one answer as they are generated; ``reply`` once exhausted; ``close()`` stops generation."""
-
-    def __init__(self, predictor: Predictor, sample: dict, enc: dict, stop, opts: dict):
-        self.p, self.sample, self.enc, self.stop, self.opts = predictor, sample, enc, stop, opts
-        self.cancelled = threading.Event()
-        self.reply: Reply | None = None
-        self._q: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from transformers import StoppingCriteriaList
-
-        try:
-            with self.p.lock:  # one generation at a time on the shared model
-                run_batch(self.p.model, self.p.collator, [self.enc], precision=self.p.precision,
-                          streamer=_TokenQueue(self._q),
-                          stopping_criteria=StoppingCriteriaList([_Cancel(self.cancelled)]), **self.opts)
-        except Exception as e:  # noqa: BLE001 - handed to the consumer's thread
-            self._q.put(e)
-        self._q.put(None)
-
-    def __iter__(self) -> Iterator[str]:
-        tok, coll, ids, sent = self.p.collator.tok, self.p.collator, [], ""
-        stops = set(coll.stop_token_ids)
-        drop = stops | coll.placeholder_ids | {tok.bos_token_id, tok.pad_token_id}
-        done = False
-        try:
-            while (item := self._q.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                if done:
-                    continue
-                for t in item:
-                    if t in stops:
-                        done = True
-                        break
-                    if t not in drop:
-                        ids.append(t)
-                text, stopped = cut_at_stop(tok.decode(ids, skip_special_tokens=False).strip(), self.stop)
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield text[len(sent):]
-                    sent = text
-                if stopped:
-                    done = True
-                    self.cancelled.set()
-        finally:
-            self.cancelled.set()
-        self.reply = self.p._reply(sent, self.sample, self.enc, self.stop, self.opts["max_new_tokens"])
-
-    def close(self) -> None:
-        """Stop generating (a client that went away frees the model)."""
-        self.cancelled.set()
+    def score(self, image, prompt, continuation: str, boxes=None, *, box_format: str = "pixels"):
+        """Score one ``continuation`` as the reply to ``prompt`` about ``image`` (see ``score_batch``)."""
+        return self.score_batch([{"image": image, "prompt": prompt, "continuation": continuation, "boxes": boxes,
+                                  "box_format": box_format}])[0]
