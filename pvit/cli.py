@@ -22,6 +22,23 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect the data a recipe uses.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+#: ``pvit import <source>``: each source is a sub-command a plugin adds (see [command_group][pvit.cli.command_group]).
+import_app = typer.Typer(help="Bring a pretrained checkpoint into pvit; each source is a sub-command a plugin adds.",
+                         no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+def command_group(root: typer.Typer, name: str) -> typer.Typer:
+    """The sub-command group ``name`` (``import``, ``data``) of the root app a ``pvit_register_commands`` hook gets.
+
+    A plugin adds ``pvit import <source>`` with
+    ``command_group(app, "import").command("<source>")(function)`` inside its hook.
+    """
+    for group in root.registered_groups:
+        if group.name == name and group.typer_instance is not None:
+            return group.typer_instance
+    names = [g.name for g in root.registered_groups]
+    raise KeyError(f"the pvit command line has no command group {name!r}; groups: {', '.join(map(str, names))}")
 
 DEFAULT_RECIPE = "recipes/pvit_tiny.yaml"
 
@@ -182,6 +199,24 @@ def eval_(
 
         summary = evaluate_checkpoint(recipe, checkpoint, out=out, overrides=overrides or [], log=_echo)
         _print_results(summary)
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="A run folder, a stage export, or a folder of an earlier export."),
+    out: Path = typer.Argument(..., help="The folder to write."),
+    fmt: str = typer.Option("pvit", "--format", help="pvit: a self-contained pvit folder (Predictor.from_pretrained);"
+                            " hf: a transformers LlavaForConditionalGeneration folder (models without region features)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT."),
+):
+    """Export a trained model: a self-contained pvit folder, or a folder plain transformers loads.
+
+    See the Pretrained models page for what each format holds and what loads it.
+    """
+    with user_errors():
+        from pvit.export import export as run_export
+
+        run_export(source, out, fmt, overwrite=overwrite, log=_echo)
 
 
 @data_app.command("check")

@@ -51,12 +51,18 @@ _FROZEN = OptionalAttribute(
     "frozen", "bool", False, "treated as not frozen: a stage may list the slot in `trainable`; when True the "
     "engine refuses to train the whole slot", check=_is_bool)
 
+_EXPORT = OptionalAttribute(
+    "export_options", "dict", None, "`pvit export` drops the component's file options and rebuilds it from the "
+    "remaining ones; when present these options (which must need no file) are added, for components whose shape "
+    "comes from a file (see docs/pretrained.md)", check=lambda v: isinstance(v, dict))
+
 #: Optional attributes per component kind, as the core reads them (with ``getattr``/``hasattr``).
 OPTIONAL_ATTRIBUTES: dict[str, tuple[OptionalAttribute, ...]] = {
     "image_encoder": (
         _FROZEN,
         OptionalAttribute("num_layers", "int", None, "region encoders that pool its hidden states (vit-roi) "
                           "cannot check layer indices and fall back to fixed default layers", check=_is_int),
+        _EXPORT,
         _GROUPS,
     ),
     "region_encoder": (
@@ -66,15 +72,21 @@ OPTIONAL_ATTRIBUTES: dict[str, tuple[OptionalAttribute, ...]] = {
         OptionalAttribute("image_features", "(pixels: Tensor) -> Tensor", None, "the frozen-feature cache keeps "
                           "nothing of the encoder; when present it is the box-independent part, per image row, that "
                           "the cache keeps and `forward` reads back from `RegionInputs.features`", method=True),
+        _EXPORT,
         _GROUPS,
     ),
     "projector": (
         OptionalAttribute("in_dim", "int", None, "the contract check (pvit.testing) does not compare it with "
                           "the width it was built for", check=_is_int),
         OptionalAttribute("out_dim", "int", None, "as for in_dim", check=_is_int),
+        _EXPORT,
         _GROUPS,
     ),
-    "llm": (_GROUPS,),
+    "llm": (
+        _GROUPS,
+        OptionalAttribute("merge_adapters", "() -> int", None, "`pvit export` writes the LLM as it is; when "
+                          "present it is called first, to fold adapters (LoRA) into the weights", method=True),
+    ),
     "dataset": (
         OptionalAttribute("set_epoch", "(epoch: int) -> None", None, "samples do not depend on the epoch; when "
                           "present it is called at the start of every training epoch (box jitter)", method=True),

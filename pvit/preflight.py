@@ -35,14 +35,21 @@ def component_entries(cfg) -> list[tuple[str, str, Any]]:
 def check_components(cfg) -> None:
     """Every component exists and its options fit its factory; all problems raised together."""
     from pvit.errors import UnknownComponentError
-    from pvit.registry import check_options
+    from pvit.registry import check_options, get_component
 
     errors = []
     for where, kind, comp in component_entries(cfg):
         try:
-            errors += check_options(kind, comp.name, options_of(comp), where=where)
+            problems = check_options(kind, comp.name, options_of(comp), where=where)
         except UnknownComponentError as e:
             errors.append(str(e))
+            continue
+        errors += problems
+        # A factory may carry ``preflight(options, where) -> [problems]`` for checks of option values that
+        # need no weights (e.g. hf-causal-lm's QLoRA needs CUDA): they run here, before anything is built.
+        hook = getattr(get_component(kind, comp.name).factory, "preflight", None)
+        if not problems and callable(hook):
+            errors += list(hook(options_of(comp), where))
     names = [s.name for s in cfg.stages]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -14,6 +14,8 @@ def hf_causal_lm(
     attn_implementation: str | None = "sdpa",
     seed: int | None = 0,
     gradient_checkpointing: bool = False,
+    lora: dict | None = None,
+    quantization: str | None = None,
 ):
     """A Hugging Face causal LM and its tokenizer.
 
@@ -29,6 +31,10 @@ def hf_causal_lm(
         attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
         seed: seed for random initialisation (``None``: the global RNG).
         gradient_checkpointing: trade compute for memory in training.
+        lora: ``{r, alpha, dropout, target_modules}`` adds LoRA adapters (``peft``; defaults r 8, alpha 16,
+            dropout 0.05, target_modules null = peft's default for the architecture, q_proj/v_proj for LLaMA).
+            The adapters form the trainable slot ``llm.lora``; ``merge_adapters()`` folds them into the weights.
+        quantization: ``nf4`` loads the pretrained ``path`` in 4 bits (bitsandbytes, CUDA only) for QLoRA.
     """
     from pvit_hf.model import HFCausalLM
 
@@ -40,7 +46,19 @@ def hf_causal_lm(
         attn_implementation=attn_implementation,
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
+        lora=lora,
+        quantization=quantization,
     )
+
+
+def _preflight(options: dict, where: str) -> list[str]:
+    from pvit_hf.lora import preflight
+
+    return preflight(options, where)
+
+
+#: Recipe-time checks of option values (``pvit.preflight.check_components`` calls it before anything is built).
+hf_causal_lm.preflight = _preflight
 
 
 @pvit.hookimpl

@@ -47,6 +47,8 @@ class HFCausalLM(nn.Module):
         attn_implementation: str | None = "sdpa",
         seed: int | None = 0,
         gradient_checkpointing: bool = False,
+        lora: dict | None = None,
+        quantization: str | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -67,10 +69,24 @@ class HFCausalLM(nn.Module):
 
         self.tokenizer = self._load_tokenizer(tokenizer if tokenizer is not None else path, planning)
 
+        if quantization is not None:
+            from pvit_hf.lora import preflight
+
+            problems = preflight({"lora": lora, "quantization": quantization, "path": path}, "model.llm")
+            if problems:
+                raise ComponentOptionError("; ".join(problems))
+        self.quantization = None if planning else quantization
         if have_weights and not planning:
+            extra = {}
+            if self.quantization is not None:
+                from pvit_hf.lora import quantization_config
+
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                extra = {"quantization_config": quantization_config(quantization), "device_map": {"": local}}
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=offline()
+                    path, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=offline(),
+                    **extra,
                 )
             except OSError as e:
                 raise CheckpointError(f"hf-causal-lm: could not load {path!r}: {e}") from None
@@ -97,6 +113,34 @@ class HFCausalLM(nn.Module):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.hidden_size = int(self.model.get_input_embeddings().embedding_dim)
+        self.lora = dict(lora) if lora is not None else None
+        if self.lora is not None:
+            from pvit_hf.lora import inject
+
+            with torch.random.fork_rng(enabled=seed is not None):  # adapter A matrices: seeded like the weights
+                if seed is not None:
+                    torch.manual_seed(seed)
+                inject(self.model, self.lora, quantized=self.quantization is not None,
+                       gradient_checkpointing=gradient_checkpointing)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"lora": adapter parameters}`` when the model has LoRA adapters: the slot ``llm.lora``."""
+        if self.lora is None:
+            return {}
+        from pvit_hf.lora import adapter_parameters
+
+        return {"lora": adapter_parameters(self.model)}
+
+    def merge_adapters(self) -> int:
+        """Fold the LoRA adapters into the base weights in place, leaving a plain transformers model (the same
+        outputs up to rounding); returns the number of merged layers (0 without adapters). A 4-bit base refuses."""
+        if self.lora is None:
+            return 0
+        from pvit_hf.lora import merge
+
+        n = merge(self.model)
+        self.lora = None
+        return n
 
     @staticmethod
     def _config(config: dict):
