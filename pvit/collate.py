@@ -12,9 +12,7 @@ What it promises (docs/reliability.md items 17-22):
 - A sample longer than ``max_length`` keeps whole (question, reply) pairs from the front, and may end inside
   a reply at a point outside every region and image span; one that cannot keep any reply token is dropped.
   Both are counted in ``stats`` and warned about. No kept sample is without trained-on tokens.
-- An image given as a path is loaded with [load_image][pvit.images.load_image] (errors name path and sample).
-- Text-only samples (no image, no region) pass through, also in batches with image samples.
-"""
+- Images given as paths load with [load_image][pvit.images.load_image]; text-only samples pass through."""
 
 from __future__ import annotations
 
@@ -192,10 +190,9 @@ class Collator(TruncationMixin):
                 turns = turns[:-1]
             prompt = turns[-1][1]
         roles = [r for r, _ in turns]
-        if sample.get("region_text", "parse") == "plain":  # box text is words here, not regions
-            texts, boxes = [t for _, t in turns], [[] for _ in turns]
-        else:
-            texts, boxes = self._rewrite([t for _, t in turns], explicit, where)
+        plain = sample.get("region_text", "parse") == "plain"  # box text is words here, not regions
+        texts, boxes = ([t for _, t in turns], [[] for _ in turns]) if plain else self._rewrite(
+            [t for _, t in turns], explicit, where)
         if not has_image and any(boxes):
             raise DataError(f"{where}: the sample mentions regions but has no image")
         image_text = I0 + IMAGE_PATCH_TOKEN * self.num_image_tokens + I1 if has_image else ""
@@ -221,9 +218,9 @@ class Collator(TruncationMixin):
             "labels": labels,
             "boxes": torch.tensor(flat_boxes, dtype=torch.float32).reshape(-1, 4),  # (R_b, 4)
             "pixels": self.image_transform(image) if has_image else None,  # (3, H, W)
-            "region_prepared": (
+            "region_prepared": (  # only for a sample with boxes: a caption batch prepares no region pixels
                 self.region_encoder.prepare(image)
-                if has_image and self.region_encoder is not None and self.region_encoder.uses_own_pixels
+                if flat_boxes and has_image and self.region_encoder is not None and self.region_encoder.uses_own_pixels
                 else None
             ),
             "answer": answer,
@@ -283,8 +280,10 @@ class Collator(TruncationMixin):
         with_image = [b for b, e in enumerate(encoded) if e["pixels"] is not None]
         pixels = torch.stack([encoded[b]["pixels"] for b in with_image]) if with_image else None  # (B_i, 3, H, W)
         region_inputs = RegionInputs()
-        if self.region_encoder is not None and with_image and self.region_encoder.uses_own_pixels:
-            region_inputs = self.region_encoder.collate([encoded[b]["region_prepared"] for b in with_image])
+        prepared = [encoded[b]["region_prepared"] for b in with_image]
+        if self.region_encoder is not None and self.region_encoder.uses_own_pixels and any(
+                p is not None for p in prepared):  # None: an image without boxes (the encoder skips it)
+            region_inputs = self.region_encoder.collate(prepared)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -197,7 +197,8 @@ class RegionEncoder(Protocol):
         """Per-sample preprocessing for the encoder's own backbone: (3, H_i, W_i), or None."""
 
     def collate(self, prepared: list) -> RegionInputs:
-        """Batch the results of ``prepare`` (zero-padding to the largest)."""
+        """Batch the results of ``prepare`` (zero-padding to the largest); an entry is None for an image that
+        carries no boxes (it is never pooled from)."""
 
     def forward(self, inputs: RegionInputs, regions: Regions) -> "torch.Tensor":
         """The batch's [Regions][pvit.interfaces.Regions] -> (R, K, D_r), one row per region in the order of

@@ -56,6 +56,8 @@ def collate_images(prepared: list) -> RegionInputs:
     for i, p in enumerate(prepared):
         if p is not None and (p.dim() != 3 or p.shape[0] != 3):
             raise ValueError(f"regionclip collate: item {i} has shape {tuple(p.shape)}, expected (3, h, w)")
+    if prepared and all(p is not None for p in prepared) and len(set(sizes)) == 1:  # nothing to pad
+        return RegionInputs(pixels=torch.stack(prepared), sizes=torch.tensor(sizes, dtype=torch.long).view(-1, 2))
     h_max = max((s[0] for s in sizes), default=0)
     w_max = max((s[1] for s in sizes), default=0)
     ref = next((p for p in prepared if p is not None), None)
