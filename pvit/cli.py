@@ -56,8 +56,33 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
-def _echo(msg: str) -> None:
-    typer.echo(msg)
+#: Hosts that keep a server on this machine; ``pvit serve`` and ``pvit demo`` warn for any other.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def require_modules(command: str, extra: str, packages: str, *modules: str) -> None:
+    """Exit with status 2 and the install line when a plugin command's optional modules are missing."""
+    import importlib
+
+    try:
+        for m in modules:
+            importlib.import_module(m)
+    except ImportError:
+        typer.secho(f"error: pvit {command} needs {packages}: pip install 'pvit[{extra}]'", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def load_predictor(path: Path, device: str | None = None):
+    """A run or export folder as a [Predictor][pvit.predict.Predictor]; user errors exit without a traceback."""
+    from pvit.predict import Predictor
+
+    with user_errors():
+        return Predictor.load(path, device=device)
+
+
+def warn_if_exposed(host: str) -> None:
+    if host not in LOOPBACK:
+        typer.secho(f"warning: binding {host}: the model is reachable from other machines", fg="yellow", err=True)
 
 
 def _print_plan(plan) -> None:
@@ -141,7 +166,7 @@ def run(
             return
         from pvit.run import run_recipe
 
-        summary = run_recipe(loaded, resume=resume, overwrite=overwrite, log=_echo)
+        summary = run_recipe(loaded, resume=resume, overwrite=overwrite, log=typer.echo)
         if summary.get("rank", 0) == 0:  # under torchrun, only rank 0 reports
             _print_results(summary)
             typer.echo(f"run directory: {summary['run_dir']} (report.md, metrics.json, plots/)")
@@ -183,7 +208,7 @@ def ablate(
     with user_errors():
         from pvit.ablate import run_ablation
 
-        run_ablation(recipe, region_encoder, seeds=seeds, overrides=overrides or [], log=_echo)
+        run_ablation(recipe, region_encoder, seeds=seeds, overrides=overrides or [], log=typer.echo)
 
 
 @app.command(name="eval")
@@ -197,7 +222,7 @@ def eval_(
     with user_errors():
         from pvit.ablate import evaluate_checkpoint
 
-        summary = evaluate_checkpoint(recipe, checkpoint, out=out, overrides=overrides or [], log=_echo)
+        summary = evaluate_checkpoint(recipe, checkpoint, out=out, overrides=overrides or [], log=typer.echo)
         _print_results(summary)
 
 
@@ -216,7 +241,7 @@ def export(
     with user_errors():
         from pvit.export import export as run_export
 
-        run_export(source, out, fmt, overwrite=overwrite, log=_echo)
+        run_export(source, out, fmt, overwrite=overwrite, log=typer.echo)
 
 
 @data_app.command("check")
@@ -235,7 +260,7 @@ def data_check(
             typer.secho("error: 'pvit data check' is not available in this installation (pvit.datacheck is missing)",
                         fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        check_data(recipe, overrides or [], limit=limit, log=_echo)
+        check_data(recipe, overrides or [], limit=limit, log=typer.echo)
 
 
 def _load_plugin_commands() -> None:

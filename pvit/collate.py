@@ -28,7 +28,7 @@ from pvit.errors import DataError
 from pvit.images import load_image
 from pvit.interfaces import IGNORE_INDEX, IMAGE_PATCH_TOKEN, IMAGE_TOKEN, REGION_PATCH_TOKEN, RegionInputs, Regions
 from pvit.mentions import ANY_MENTION, check_box_count, render_region, rewrite_turns
-from pvit.templates import Template
+from pvit.templates import Template, stop_token_ids
 from pvit.truncate import I0, I1, MARKS, TruncationMixin
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -89,8 +89,7 @@ class Collator(TruncationMixin):
         self.image_patch_id = vocab.get(IMAGE_PATCH_TOKEN)
         self.region_patch_id = vocab.get(REGION_PATCH_TOKEN)
         self.placeholder_ids = {i for i in (self.image_patch_id, self.region_patch_id) if i is not None}
-        stops = [self.eos_id] + [vocab.get(t) for t in getattr(template, "end_tokens", ())]
-        self.stop_token_ids: list[int] = list(dict.fromkeys(i for i in stops if i is not None))
+        self.stop_token_ids: list[int] = stop_token_ids(tokenizer, template)
         self._cache: dict[str, list[int]] = {}
 
     @classmethod

@@ -10,6 +10,17 @@ from pvit.errors import RecipeError
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
+def autocast(precision: str, device):
+    """The autocast context of a precision, for training and inference alike: ``bf16`` runs under bf16 autocast
+    (on CPU and GPU; mmengine's AmpOptimWrapper is GPU-only, engine workaround 5); anything else runs with
+    autocast off, also inside an outer autocast."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
 def resolve_device(name: str, where: str = "engine.device"):
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` (this process's GPU: ``LOCAL_RANK`` under
     torchrun) or ``cuda:N`` -> a ``torch.device``; asking for CUDA where there is none is an error."""

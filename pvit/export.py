@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pvit.errors import CheckpointError, did_you_mean
+from pvit.templates import stop_token_ids
 
 FORMATS = ("pvit", "hf")
 MANIFEST = "pvit.json"
@@ -102,13 +103,6 @@ def write(model, cfg, template, out: str | Path, *, fmt: str = "pvit", name: str
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; choose another folder or pass --overwrite")
-
-
-def stop_token_ids(tokenizer, template) -> list[int]:
-    """EOS and the template's end-of-turn tokens: where a reply ends (as the collator computes them)."""
-    vocab = tokenizer.get_vocab()
-    ids = [tokenizer.eos_token_id] + [vocab.get(t) for t in getattr(template, "end_tokens", ())]
-    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def save_llm(model, template, folder: Path) -> None:

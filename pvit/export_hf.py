@@ -22,6 +22,7 @@ from torch import nn
 
 from pvit.errors import CheckpointError
 from pvit.interfaces import IMAGE_PATCH_TOKEN
+from pvit.templates import stop_token_ids
 
 IMAGE_TOKEN = "<image>"
 
@@ -167,8 +168,6 @@ def write_llava(model, template, folder: Path, log: Callable[[str], None] = prin
     """Write ``model`` (checked with [check_llava][pvit.export_hf.check_llava]) as a LLaVA folder into ``folder``."""
     from huggingface_hub import save_torch_state_dict
     from transformers import GenerationConfig, LlavaConfig, LlavaProcessor
-
-    from pvit.export import stop_token_ids
 
     check_llava(model, template)
     enc, causal = model.image_encoder, model.llm.model

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
+from pvit.device import autocast
 from pvit.errors import CheckpointError
 from pvit.interfaces import REGION_START
 from pvit.predict_stream import Stream
@@ -33,13 +32,6 @@ class Reply:
     completion_tokens: int = 0
 
 
-def precision_context(device: torch.device, precision: str):
-    """bf16 autocast for a ``bf16`` model, none otherwise (the precision the last stage trained in)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
 def run_batch(model, collator, encoded: list[dict], *, max_new_tokens: int, precision: str = "fp32",
               do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
               **generate_extra) -> list[str]:
@@ -48,7 +40,7 @@ def run_batch(model, collator, encoded: list[dict], *, max_new_tokens: int, prec
 
     device = next(model.llm.parameters()).device
     batch = batch_to(collator.pad(encoded), device)
-    with precision_context(device, precision):
+    with autocast(precision, device):  # the precision the last stage trained in
         return model.generate(batch, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                               stop_token_ids=collator.stop_token_ids, seed=seed, **generate_extra)
 

@@ -41,7 +41,7 @@ def score_samples(predictor, samples: list[dict], continuations: list[str]) -> l
     """
     from pvit.errors import PvitError
     from pvit.model import batch_to
-    from pvit.predict import precision_context
+    from pvit.device import autocast
 
     coll = predictor.score_collator
     encoded, targets = [], []
@@ -67,7 +67,7 @@ def score_samples(predictor, samples: list[dict], continuations: list[str]) -> l
     device = next(model.llm.parameters()).device
     batch = batch_to(coll.pad(encoded), device)
     batch.pop("labels")  # logits only: no loss
-    with predictor.lock, torch.inference_mode(), precision_context(device, predictor.precision):
+    with predictor.lock, torch.inference_mode(), autocast(predictor.precision, device):
         logits = model(batch).logits  # (B, T, V)
     out = []
     for b, positions in enumerate(targets):

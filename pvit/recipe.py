@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pvit.errors import RecipeError
-from pvit.recipe_layers import apply_overrides, merge, parse_overrides, read_layers
+from pvit.recipe_layers import apply_overrides, merged_layers, parse_overrides, read_layers
 from pvit.recipe_schema import Recipe, schema_errors
 from pvit.secrets import redact, scrub, secret_env_values
 
@@ -51,9 +51,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe
     path = Path(path)
     errors: list[str] = []
     layers = read_layers(path, errors)
-    merged: dict = {}
-    for _, data in layers:
-        merged = merge(merged, data)
+    merged = merged_layers(layers)
     parsed = parse_overrides(overrides, errors)
     if errors:
         raise _error(errors, path, merged)

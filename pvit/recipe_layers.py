@@ -103,6 +103,14 @@ def read_layers(path: Path, errors: list[str], seen: tuple[Path, ...] = (), via:
     return out
 
 
+def merged_layers(layers: list[tuple[Path, dict]]) -> dict:
+    """The layers of ``read_layers`` merged, base first."""
+    out: dict = {}
+    for _, data in layers:
+        out = merge(out, data)
+    return out
+
+
 def merge(base: Any, top: Any) -> Any:
     """Deep-merge plain containers; lists replace; a component whose ``name`` changes drops its old options."""
     if isinstance(base, dict) and isinstance(top, dict):

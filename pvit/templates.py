@@ -210,6 +210,13 @@ TEMPLATES = {
 }
 
 
+def stop_token_ids(tokenizer, template) -> list[int]:
+    """Where a reply ends: the tokenizer's EOS and the template's end-of-turn tokens, in that order, once each."""
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id] + [vocab.get(t) for t in getattr(template, "end_tokens", ())]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def get_template(name: str, tokenizer: Any) -> Template:
     """``auto``: the tokenizer's chat template when it has one, otherwise ``vicuna_v1_1``."""
     if name == "auto":

@@ -20,12 +20,10 @@ def add_commands(app: typer.Typer) -> None:
         """Chat in the terminal: streams answers, keeps the conversation; /image, /box, /reset, /help, /quit."""
         import sys
 
-        from pvit.cli import user_errors
-        from pvit.predict import Predictor
+        from pvit.cli import load_predictor
         from pvit_chat.session import HELP, ChatSession
 
-        with user_errors():
-            predictor = Predictor.load(path, device=device)
+        predictor = load_predictor(path, device)
         session = ChatSession(predictor, None, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                               temperature=temperature or 1.0, seed=seed)
         if image is not None:

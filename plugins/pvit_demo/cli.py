@@ -7,8 +7,6 @@ from pathlib import Path
 
 import typer
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def add_commands(app: typer.Typer) -> None:
     @app.command("demo")
@@ -22,22 +20,13 @@ def add_commands(app: typer.Typer) -> None:
         seed: int = typer.Option(None, help="Seed for sampling."),
     ):
         """A web page: upload an image, draw boxes (<region1>, <region2>...), ask, see the streamed answer."""
-        from pvit.cli import user_errors
+        from pvit.cli import load_predictor, require_modules, warn_if_exposed
 
-        try:
-            import gradio  # noqa: F401
-            import gradio_image_annotation  # noqa: F401
-        except ImportError:
-            typer.secho("error: pvit demo needs gradio and gradio-image-annotation: pip install 'pvit[demo]'",
-                        fg="red", err=True)
-            raise typer.Exit(2) from None
-        from pvit.predict import Predictor
+        require_modules("demo", "demo", "gradio and gradio-image-annotation", "gradio", "gradio_image_annotation")
         from pvit_demo.app import build_demo, launch
 
-        with user_errors():
-            predictor = Predictor.load(path, device=device)
-        if host not in LOOPBACK:
-            typer.secho(f"warning: binding {host}: the model is reachable from other machines", fg="yellow", err=True)
+        predictor = load_predictor(path, device)
+        warn_if_exposed(host)
         page = build_demo(predictor, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                           temperature=temperature or 1.0, seed=seed)
         try:

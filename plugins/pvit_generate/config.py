@@ -10,7 +10,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pvit.errors import RecipeError, did_you_mean
-from pvit.recipe_layers import apply_overrides, merge, parse_overrides, read_layers
+from pvit.recipe_layers import apply_overrides, merged_layers, parse_overrides, read_layers
 from pvit.recipe_schema import Component, schema_errors
 
 STRATEGIES = ("convert", "task-specific", "multi-turn")
@@ -117,10 +117,7 @@ def load_generate_recipe(path: str | Path, overrides: Sequence[str] = ()):
     """
     path = Path(path)
     errors: list[str] = []
-    layers = read_layers(path, errors)
-    data: dict = {}
-    for _, layer in layers:
-        data = merge(data, layer)
+    data = merged_layers(read_layers(path, errors))
     parsed = parse_overrides(overrides, errors)
     if not errors:
         apply_overrides(data, parsed, errors)

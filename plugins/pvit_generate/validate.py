@@ -76,7 +76,6 @@ def convert_boxes(text: str, inputs: list, tol: float, where: str) -> tuple[str,
     count = 0
 
     def region(m: re.Match) -> str:
-        nonlocal count
         inner = m.group(1).strip()
         nums = _BARE.fullmatch(inner)
         if nums is None:

@@ -151,46 +151,13 @@ def load_part(cls: Any, folder: str, sub_config, key_mapping: dict, what: str, w
     return model
 
 
-def _weight_index(folder: str) -> dict[str, str]:
-    """tensor name -> file, from the safetensors (or PyTorch .bin) index or the single weights file."""
-    for index, single in (("model.safetensors.index.json", "model.safetensors"),
-                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        ipath = os.path.join(folder, index)
-        if os.path.isfile(ipath):
-            with open(ipath, encoding="utf-8") as fh:
-                return {k: os.path.join(folder, f) for k, f in json.load(fh)["weight_map"].items()}
-        spath = os.path.join(folder, single)
-        if os.path.isfile(spath):
-            if single.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                with safe_open(spath, framework="pt") as f:
-                    return {k: spath for k in f.keys()}
-            import torch
-
-            return {k: spath for k in torch.load(spath, map_location="cpu", weights_only=True, mmap=True)}
-    raise CheckpointError(f"{NAME}: {folder} has no model.safetensors(.index.json) or pytorch_model.bin(.index.json)")
-
-
 def projector_tensors(folder: str, where: str) -> dict:
     """``{"linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"}`` (biases when present)."""
-    import torch
+    from pvit_hf.weight_folder import WeightFolder
 
-    index = _weight_index(folder)
-    wanted = {}
-    for key, file in index.items():
-        for prefix in PROJECTOR_PREFIXES:
-            if key.startswith(prefix):
-                wanted[key[len(prefix):]] = (key, file)
+    weights = WeightFolder(folder, where)
+    wanted = {key[len(prefix):]: key for key in weights.keys() for prefix in PROJECTOR_PREFIXES
+              if key.startswith(prefix)}
     if "linear_1.weight" not in wanted or "linear_2.weight" not in wanted:
         raise CheckpointError(f"{where}: {folder} has no multi_modal_projector.linear_1/linear_2 weights")
-    out = {}
-    for name, (key, file) in wanted.items():
-        if file.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(file, framework="pt") as f:
-                out[name] = f.get_tensor(key)
-        else:
-            out[name] = torch.load(file, map_location="cpu", weights_only=True, mmap=True)[key].clone()
-    return out
+    return {name: weights.get(key).clone() for name, key in wanted.items()}

@@ -24,7 +24,7 @@ from pvit.atomic import atomic_path, atomic_write_text
 from pvit.errors import CheckpointError
 from pvit_official.release import (EMBEDDINGS, MULTIMODAL, SKIPPED_PREFIXES, SKIPPED_SUFFIXES, Release,
                                    _read_config, llm_config, load_tokenizer, read_release)
-from pvit_official.weights import WeightFolder
+from pvit_hf.weight_folder import WeightFolder
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

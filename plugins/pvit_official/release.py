@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pvit.errors import CheckpointError
-from pvit_official.weights import WeightFolder
+from pvit_hf.weight_folder import WeightFolder
 
 #: PVIT's modules outside the LLM -> pvit state names (linear projectors keep their Linear in ``body``).
 MULTIMODAL = {

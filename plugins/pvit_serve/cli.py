@@ -23,21 +23,16 @@ def add_commands(app: typer.Typer) -> None:
         allow_remote_images: bool = typer.Option(False, help="Fetch http(s) image URLs."),
     ):
         """Serve a trained model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health)."""
-        from pvit.cli import user_errors
+        from pvit.cli import load_predictor, require_modules, warn_if_exposed
 
-        try:
-            import uvicorn
-        except ImportError:
-            typer.secho("error: pvit serve needs fastapi and uvicorn: pip install 'pvit[serve]'", fg="red", err=True)
-            raise typer.Exit(2) from None
-        from pvit.predict import Predictor
+        require_modules("serve", "serve", "fastapi and uvicorn", "fastapi", "uvicorn")
+        import uvicorn
+
         from pvit_serve.app import ServeOptions, create_app
         from pvit_serve.parse import Limits
 
-        with user_errors():
-            predictor = Predictor.load(path, device=device)
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            typer.secho(f"warning: binding {host}: the model is reachable from other machines", fg="yellow", err=True)
+        predictor = load_predictor(path, device)
+        warn_if_exposed(host)
         opts = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
         limits = Limits(max_image_bytes=int(max_image_mb * 1024 * 1024), max_regions=max_regions,
                         allow_local_files=allow_local_files, allow_remote_images=allow_remote_images)

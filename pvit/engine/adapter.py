@@ -3,24 +3,17 @@ frozen components kept in eval mode (workarounds 5 and 12)."""
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
+from pvit.device import autocast  # noqa: F401 - the engine's name for it (workaround 5)
 from pvit.interfaces import IGNORE_INDEX
 from pvit.model import PVITModel, batch_to
 from pvit.slots import frozen_components
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast on CPU and GPU (workaround 5: mmengine's AmpOptimWrapper is GPU-only); fp32: no-op."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class AsIs(BaseDataPreprocessor):

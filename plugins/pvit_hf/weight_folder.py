@@ -1,5 +1,6 @@
 """A Hugging Face weight folder read one shard at a time: ``pytorch_model*.bin`` pickles (``weights_only=True``) or
-``*.safetensors``, single file or sharded with an ``*.index.json``."""
+``*.safetensors``, single file or sharded with an ``*.index.json``. Used by the llava-hf components and the
+official PVIT release importer."""
 
 from __future__ import annotations
 
