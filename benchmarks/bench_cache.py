@@ -1,6 +1,7 @@
 """Frozen-feature cache: training step time with vs without the cache, for the tiny recipe's stages.
 
-For each region stage of the recipe (``region-align``: PVIT's stage 1, ``instruct``: stage 2), the same batches
+For each region stage of the recipe (those that train the region projector: ``region-pretrain`` with its own
+objective, ``region-align``: PVIT's stage 1, ``instruct``: stage 2), the same batches
 are stepped (forward, backward, AdamW) twice: with the frozen encoders' outputs taken from a warm cache (every
 image seen before, as in later epochs and stages) and without the cache. Prints ms/step and the ratio, plus the
 cost of a cold step (cache misses: hashing and storing on top of the compute).
@@ -62,6 +63,7 @@ def main() -> None:
         bs = st.optim.batch_size
         batches = [collator([ds[i] for i in range(k * bs, (k + 1) * bs)]) for k in range(args.steps)]
         state = set_trainable(model, list(st.trainable))
+        model.objective = st.objective
         model.train()
         for c in frozen_components(model, list(st.trainable)):
             getattr(model, c).eval()
@@ -74,6 +76,7 @@ def main() -> None:
         cold = _step_time(model, batches, opt, st.optim.precision)
         warm = _step_time(model, batches, opt, st.optim.precision)
         model.cache_frozen([])
+        model.objective = "lm"
         state.remove()
         print(f"{st.name}: cached {', '.join(cached)}; without cache {plain:.0f} ms/step, warm cache {warm:.0f} "
               f"ms/step ({plain / warm:.2f}x faster), cold cache {cold:.0f} ms/step ({cold / plain:.2f}x of "

@@ -24,12 +24,13 @@ TINY = ROOT / "recipes" / "pvit_tiny.yaml"
 CONFIGS = {
     # name: (recipe, overrides, batch size, steps per run)
     "tiny (micro: LLM d=32, 1 layer)": (MICRO, [], 4, 200),
-    "mid (pvit_tiny: LLM d=128, 4 layers; ViT 2 layers; RegionCLIP RN)": (TINY, ["stages.2.optim.precision=fp32"], 8,
+    "mid (pvit_tiny: LLM d=128, 4 layers; ViT 2 layers; RegionCLIP RN)": (TINY, ["stages.{i}.optim.precision=fp32"], 8,
                                                                          50),
 }
 
 
-def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
+def _setup(recipe: Path, overrides: list[str], stage: str, batch: int):
+    """``stage``: a stage name, or ``last``; ``{i}`` in an override is that stage's index."""
     import torch
 
     import pvit
@@ -38,6 +39,9 @@ def _setup(recipe: Path, overrides: list[str], stage: int, batch: int):
     from pvit.recipe import options_of
     from pvit.compose import build_model
 
+    names = [st.name for st in pvit.load_recipe(recipe).cfg.stages]
+    stage = len(names) - 1 if stage == "last" else names.index(stage)
+    overrides = [o.format(i=stage) for o in overrides]
     loaded = pvit.load_recipe(recipe, [*overrides, f"stages.{stage}.optim.batch_size={batch}",
                                        "engine.num_workers=0", "engine.progress=false", "engine.tensorboard=false",
                                        "engine.checkpoint_every=100000", "engine.log_every=100000"])
@@ -58,7 +62,7 @@ def _pvit_steps(recipe, overrides, batch, steps, warm) -> float:
 
     from pvit.engine import run_stage
 
-    cfg, model, st, ds, col = _setup(recipe, [*overrides, f"stages.2.optim.max_steps={steps}"], 2, batch)
+    cfg, model, st, ds, col = _setup(recipe, [*overrides, f"stages.{{i}}.optim.max_steps={steps}"], "last", batch)
     stamps = {}
 
     class Clock(Hook):
@@ -82,7 +86,7 @@ def _hand_steps(recipe, overrides, batch, steps, warm) -> float:
     from pvit.engine import param_groups, make_loader, set_trainable
     from pvit.model import batch_to
 
-    cfg, model, st, ds, col = _setup(recipe, overrides, 2, batch)
+    cfg, model, st, ds, col = _setup(recipe, overrides, "last", batch)
     set_trainable(model, list(st.trainable))
     model.train()
     for slot in ("image_encoder", "region_encoder"):
@@ -138,7 +142,7 @@ def _memory_child(kind: str, batch: int) -> dict:
     from pvit.engine import param_groups, set_trainable
     from pvit.model import batch_to
 
-    cfg, model, st, ds, col = _setup(TINY, [], 1, batch)  # stage 1: region projector + new token rows
+    cfg, model, st, ds, col = _setup(TINY, [], "region-align", batch)  # PVIT's stage 1: region projector + new token rows
     set_trainable(model, list(st.trainable))
     model.train()
     for slot in ("image_encoder", "region_encoder", "projector", "llm"):
@@ -214,7 +218,7 @@ def bench_rss(steps: int) -> None:
 
     from pvit.engine import run_stage
 
-    cfg, model, st, ds, col = _setup(MICRO, [f"stages.2.optim.max_steps={steps}"], 2, 4)
+    cfg, model, st, ds, col = _setup(MICRO, [f"stages.{{i}}.optim.max_steps={steps}"], "last", 4)
     marks = sorted({50, steps // 2, steps})
     seen = {}
 

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then PY=.venv/bin/python; fi
 export HF_HUB_OFFLINE=1
-if ! "$PY" -c "import pvit" 2>/dev/null; then
+# installed, not merely importable from the repository root (gpu_check.py runs from benchmarks/)
+if ! (cd / && "$PY" -c "import pvit, pvit_regionclip") 2>/dev/null; then
   # this project only, from the working tree: no index, no build isolation, no dependencies fetched
   "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . 
 fi

@@ -39,6 +39,26 @@ def _variant_overrides(encoder: str) -> list[str]:
     return [f"model.region_encoder={{name: {encoder}}}"]
 
 
+def whole_encoder_slots(cfg, log: Callable[[str], None] = print) -> None:
+    """In a variant, a stage that trained a declared group of the base recipe's region encoder
+    (``region_encoder.head``) trains the variant's whole region encoder instead: the groups belong to the
+    encoder that was swapped out."""
+    for st in cfg.stages:
+        names = list(st.trainable)
+        if not any(n.startswith("region_encoder.") for n in names):
+            continue
+        new: list[str] = []
+        for n in names:
+            n = "region_encoder" if n.startswith("region_encoder.") else n
+            if n not in new:
+                new.append(n)
+        groups = list(dict.fromkeys(n for n in names if n.startswith("region_encoder.")))
+        what = "is a group" if len(groups) == 1 else "are groups"
+        log(f"ablate: stage {st.name} trains {', '.join(new)} ({', '.join(groups)} {what} of the base recipe's "
+            "region encoder)")
+        st.trainable = new
+
+
 def run_ablation(recipe: Path, encoders: list[str], *, seeds: int = 1, overrides: list[str] = (),
                  log: Callable[[str], None] = print) -> dict:
     """Run the base recipe and each variant (only ``model.region_encoder`` changed) for ``seeds`` seeds;
@@ -57,6 +77,8 @@ def run_ablation(recipe: Path, encoders: list[str], *, seeds: int = 1, overrides
             if v != base_name:
                 ov += _variant_overrides(v)
             loaded = load_recipe(recipe, ov)
+            if v != base_name:
+                whole_encoder_slots(loaded.cfg, log)
             k = shared_prefix(loaded.cfg)
             if v != base_name and shared_export is not None and k > 0:
                 keep_stages(loaded.cfg, k, init_from=shared_export)

@@ -162,7 +162,7 @@ class Collator(TruncationMixin):
         """Tokenise one sample; None when it cannot be kept (too long, nothing to train on), counted in ``stats``.
 
         Returns ``{"id", "input_ids", "labels", "boxes" (R_b, 4), "pixels" (3, H, W) or None,
-        "region_prepared", "answer", "prompt", "meta"}``.
+        "region_prepared", "region_targets" (R_b: each box's own reply or None), "answer", "prompt", "meta"}``.
         """
         sid = str(sample.get("id", "?"))
         where = self.where(sample)
@@ -207,6 +207,10 @@ class Collator(TruncationMixin):
             warnings.warn(f"{where}: no assistant tokens to train on; sample dropped", stacklevel=2)
             return None
         flat_boxes = [b for tb in boxes for b in tb][:n_boxes]
+        # each box's own reply: the next turn's text when the question mentions that box alone
+        # (the region-contrastive objective's targets)
+        targets = [(texts[i + 1].strip() or None) if len(tb) == 1 and i + 1 < len(texts) and roles[i + 1] ==
+                   "assistant" else None for i, tb in enumerate(boxes) for _ in tb][:n_boxes]
         self._check_placeholders(ids, len(flat_boxes), has_image, where)
         self.stats["samples"] += 1
         self.stats["with_image" if has_image else "text_only"] += 1
@@ -222,6 +226,7 @@ class Collator(TruncationMixin):
                 if flat_boxes and has_image and self.region_encoder is not None and self.region_encoder.uses_own_pixels
                 else None
             ),
+            "region_targets": targets,
             "answer": answer,
             "prompt": prompt,
             "meta": sample.get("meta", {}),
@@ -258,7 +263,8 @@ class Collator(TruncationMixin):
 
         Returns ``input_ids``, ``attention_mask``, ``labels`` (B, T); ``pixels`` (B_i, 3, H, W) of the B_i
         samples with an image, or None; ``image_sample`` (B_i,) their batch rows; ``regions``: the batch's
-        [Regions][pvit.interfaces.Regions] (R boxes, in image order then mention order); ``region_inputs``;
+        [Regions][pvit.interfaces.Regions] (R boxes, in image order then mention order); ``region_targets``
+        (R: each box's own reply text, or None; see [pvit.objectives][]); ``region_inputs``;
         and per sample ``ids``, ``answers``, ``prompts``, ``meta``.
         """
         T = max(len(e["input_ids"]) for e in encoded)
@@ -290,6 +296,7 @@ class Collator(TruncationMixin):
             "pixels": pixels,
             "image_sample": torch.tensor(with_image, dtype=torch.long),  # (B_i,)
             "regions": Regions.from_per_image([encoded[b]["boxes"] for b in with_image], with_image),  # R regions
+            "region_targets": [t for b in with_image for t in encoded[b].get("region_targets", [])],  # R
             "region_inputs": region_inputs,
             "ids": [e["id"] for e in encoded],
             "answers": [e["answer"] for e in encoded],

@@ -43,6 +43,7 @@ class PVITModel(nn.Module):
         self.region_patch_id = vocab.get(REGION_PATCH_TOKEN, -1)
         self.feature_cache = None  # a pvit.feature_cache.FeatureCache, set by the run
         self._cached: dict[str, str] = {}  # component -> cache namespace (its weights fingerprint)
+        self.objective = "lm"  # what forward's loss is: set per stage by the engine (pvit.objectives)
         self.bbox_embed = None
         if bbox_embed and k > 0:
             # PVIT's stage-2 ``bbox_fc`` (Linear(4, D)); zero-initialised here so that adding it leaves the
@@ -137,11 +138,7 @@ class PVITModel(nn.Module):
             regions: Regions = batch.get("regions") or Regions.empty()
             self._check_counts(input_ids, self.region_patch_id, regions.per_sample(B) * k, "region", ids)
             if len(regions) > 0:
-                rin: RegionInputs = batch.get("region_inputs") or RegionInputs()
-                if maps:
-                    rin = RegionInputs(rin.pixels, rin.sizes, maps, tuple(self.image_encoder.image_size))
-                feats = self.region_encoder(self._region_inputs(rin, regions), regions)  # (R, K, D_r)
-                reg = self.region_projector(feats)  # (R, K, D)
+                reg = self.region_features(batch, maps)  # (R, K, D)
                 if self.bbox_embed is not None:
                     flat = regions.boxes.to(reg.device).to(reg.dtype)  # (R, 4)
                     reg = reg + self.bbox_embed(flat).unsqueeze(1)  # (R, K, D)
@@ -149,8 +146,29 @@ class PVITModel(nn.Module):
                 embeds = embeds.masked_scatter(mask, reg.to(embeds.dtype))
         return embeds
 
+    def region_features(self, batch: dict, maps: list | None = None) -> torch.Tensor:
+        """Projected region features of the batch's regions, (R, K, D), without the box embedding.
+
+        ``maps``: the image encoder's maps of the region encoder's ``image_layers`` when already computed
+        (``embed_inputs``); otherwise they are computed here for an encoder that pools them (ViT-RoI).
+        """
+        regions: Regions = batch["regions"]
+        rin: RegionInputs = batch.get("region_inputs") or RegionInputs()
+        layers = list(getattr(self.region_encoder, "image_layers", []) or [])
+        if maps is None and layers and self.image_encoder is not None and batch.get("pixels") is not None:
+            maps = self._image_tokens(batch["pixels"], layers)[1]
+        if maps:
+            rin = RegionInputs(rin.pixels, rin.sizes, maps, tuple(self.image_encoder.image_size))
+        feats = self.region_encoder(self._region_inputs(rin, regions), regions)  # (R, K, D_r)
+        return self.region_projector(feats)  # (R, K, D)
+
     def forward(self, batch: dict):
-        """LM output for a collated batch; ``.loss`` is the mean over assistant tokens."""
+        """LM output for a collated batch; ``.loss`` is the mean over assistant tokens. Under another
+        ``objective`` (a stage's, see [pvit.objectives][]) the output carries that objective's loss."""
+        if self.objective != "lm":
+            from pvit.objectives import objective_loss
+
+            return objective_loss(self, batch)
         embeds = self.embed_inputs(batch)
         return self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch.get("labels"))
 

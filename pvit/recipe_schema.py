@@ -46,6 +46,7 @@ class Stage:
     trainable: List[str] = field(default_factory=list)
     init_from: Optional[str] = None
     optim: Optim = field(default_factory=Optim)
+    objective: str = "lm"
 
 
 @dataclass

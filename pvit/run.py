@@ -61,7 +61,8 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
     """Run (or load, when finished) stage ``i``; returns its summary entry."""
     from pvit.checkpoints import export_stage, load_export
     from pvit.collate import Collator
-    from pvit.engine import barrier, run_stage
+    from pvit.engine import StageResult, barrier, run_stage
+    from pvit.objectives import needs_region_features
     from pvit.registry import build
     from pvit.atomic import atomic_write_text
 
@@ -81,8 +82,15 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
             f"no checkpoint in {run_dir.engine(i, st.name)}; training it from step 0"))
     log(f"stage {i + 1}/{len(names)} {st.name}: {len(dataset)} samples, trainable "
         f"{', '.join(st.trainable)} ({plan.stages[i]['trainable_total']:,} parameters)")
-    result = run_stage(model, st, dataset=dataset, collator=collator, work_dir=run_dir.engine(i, st.name),
-                       engine_cfg=cfg.engine, seed=cfg.seed + i, resume_from=resume_from, device=device)
+    if needs_region_features(st.objective) and model.tokens_per_region == 0:
+        # e.g. `pvit ablate --region-encoder text-coords` over a recipe that pretrains region features
+        log(f"stage {i + 1}/{len(names)} {st.name}: skipped; its objective {st.objective} needs region features "
+            f"and this model's region encoder ({cfg.model.region_encoder.name if cfg.model.region_encoder else 'null'}) "
+            "gives none")
+        result = StageResult(st.name, 0, [], 0.0, {})
+    else:
+        result = run_stage(model, st, dataset=dataset, collator=collator, work_dir=run_dir.engine(i, st.name),
+                           engine_cfg=cfg.engine, seed=cfg.seed + i, resume_from=resume_from, device=device)
     entry = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),
              "trainable": result.trainable, "losses": result.losses,
              "final_loss": result.losses[-1][1] if result.losses else None,

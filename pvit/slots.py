@@ -80,8 +80,10 @@ def select(model, names: list[str], where: str = "stage") -> list[Slot]:
         if slot is None:
             errors.append(f"{where}.trainable: unknown slot {s!r}{did_you_mean(s, slots)} (slots of this model: "
                           f"{', '.join(slots)})")
-        elif slot.whole and s in ("image_encoder", "region_encoder") and getattr(getattr(model, s), "frozen", False):
-            errors.append(f"{where}.trainable: {s} was built frozen; set model.{s}.options.frozen=false to train it")
+        elif slot.component in ("image_encoder", "region_encoder") and getattr(getattr(model, slot.component),
+                                                                               "frozen", False):
+            errors.append(f"{where}.trainable: {s} belongs to {slot.component}, which was built frozen; set "
+                          f"model.{slot.component}.options.frozen=false to train it")
         else:
             chosen.append(slot)
     if errors:

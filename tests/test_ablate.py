@@ -6,7 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
-from pvit.ablate import ablation_table, shared_prefix
+from pvit.ablate import ablation_table, shared_prefix, whole_encoder_slots
 from pvit.cli import app
 from pvit.recipe import load_recipe
 
@@ -47,3 +47,14 @@ def test_ablate_cli_runs_variants_and_prints_one_table(tmp_path):
     table = (tmp_path / "abl-ablation" / "ablation.md").read_text()
     assert [line for line in table.splitlines() if line.startswith("| ")] == rows  # the file is the printed table
     assert not (tmp_path / "abl-ablation" / "none-seed0" / "stages" / "1-align").exists()
+
+
+def test_a_variant_trains_its_whole_region_encoder_where_the_base_trained_a_group_of_its_own():
+    cfg = load_recipe(MICRO, ["model.region_encoder.options.frozen=false",
+                              "stages.1.trainable=[region_encoder.head, region_projector, region_encoder.head]"]).cfg
+    logs: list[str] = []
+    whole_encoder_slots(cfg, logs.append)
+    assert list(cfg.stages[1].trainable) == ["region_encoder", "region_projector"]
+    assert list(cfg.stages[2].trainable) == ["projector", "region_projector", "llm", "bbox_embed"]  # untouched
+    assert logs == ["ablate: stage stage1 trains region_encoder, region_projector (region_encoder.head is a group of the "
+                    "base recipe's region encoder)"]

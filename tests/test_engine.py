@@ -48,8 +48,12 @@ def test_unknown_slot_and_frozen_encoder_are_recipe_errors():
     model = build_model(loaded.cfg)
     with pytest.raises(RecipeError, match="unknown slot 'region_projecter'; did you mean 'region_projector'"):
         set_trainable(model, ["region_projecter"])
-    with pytest.raises(RecipeError, match="region_encoder was built frozen"):
+    with pytest.raises(RecipeError, match="region_encoder belongs to region_encoder, which was built frozen"):
         set_trainable(model, ["region_encoder"])
+    # a declared group of a frozen-built encoder too: its forward runs without gradient, so it could not learn
+    with pytest.raises(RecipeError, match="region_encoder.head belongs to region_encoder, which was built frozen; "
+                                          "set model.region_encoder.options.frozen=false"):
+        set_trainable(model, ["region_encoder.head"])
 
 
 def test_two_stage_run_exports_and_next_stage_starts_from_them(tmp_path):

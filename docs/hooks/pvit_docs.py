@@ -58,6 +58,10 @@ FIELD_DOCS = {
     "Stage.trainable": "Model slots to train; everything else is frozen. Slots: `image_encoder`, `region_encoder`, "
                        "`projector`, `region_projector`, `llm`, `new_token_embeddings`, `bbox_embed`.",
     "Stage.init_from": "Load weights first: the name of an earlier stage, or a path to an exported stage folder.",
+    "Stage.objective": "`lm` (default): next-token loss on the assistant turns. `region-contrastive`: each region "
+                       "whose question mentions only it is pulled towards the LLM's word embeddings of its reply "
+                       "against the batch's other replies, a CLIP-style region-concept alignment "
+                       "([Recipes](recipes.md#region-contrastive)); a model without region features skips the stage.",
     "Stage.optim": "Optimiser and schedule: [Optim](#optim).",
     "Optim.lr": "Peak learning rate (AdamW).",
     "Optim.weight_decay": "AdamW weight decay (not applied to biases, norms and embeddings).",

@@ -69,6 +69,12 @@ class RegionCLIPEncoder(nn.Module):
         """Set train mode; a frozen encoder stays in eval mode whatever the parent asks."""
         return super().train(False if self.frozen else mode)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable groups: ``head``, the per-RoI part (layer4 and the attnpool) that sits after the RoIAlign.
+        Training only it leaves ``res4`` fixed: no backward pass through the backbone, and its output stays
+        cacheable."""
+        return {"head": [*self.visual.layer4.parameters(), *self.visual.attnpool.parameters()]}
+
     def region_text(self, box: Sequence[float]) -> str:
         """``<Region><region_patch></Region>``: one feature slot per mention, whatever the box."""
         return REGION_START + REGION_PATCH_TOKEN + REGION_END

@@ -49,6 +49,10 @@ def _check(stage: Any, strategy: str, where: str) -> None:
     if optim.precision not in PRECISIONS:
         raise RecipeError(f"{where}.optim.precision: {optim.precision!r} is not one of {', '.join(PRECISIONS)} "
                           "(bf16 runs under autocast on CPU and GPU)")
+    from pvit.objectives import OBJECTIVES
+
+    if stage.objective not in OBJECTIVES:
+        raise RecipeError(f"{where}.objective: {stage.objective!r} is not one of {', '.join(OBJECTIVES)}")
     if optim.schedule not in ("cosine", "constant"):
         raise RecipeError(f"{where}.optim.schedule: {optim.schedule!r} is not one of cosine, constant")
     if strategy == "fsdp" and "new_token_embeddings" in stage.trainable and "llm" not in stage.trainable:
@@ -129,6 +133,7 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
     _check(stage, strategy, where)
     state = set_trainable(model, list(stage.trainable), where=where)
     cached = model.cache_frozen(frozen_components(model, list(stage.trainable)))
+    model.objective = stage.objective
     before = model.feature_cache.stats() if cached else None
     if info.world > 1:
         _warn_batchnorm(model, list(stage.trainable), where)
@@ -211,6 +216,7 @@ def run_stage(model: PVITModel, stage: Any, *, dataset, collator, work_dir: Path
         state.remove()
         cache = _cache_use(model, cached, before)
         model.cache_frozen([])
+        model.objective = "lm"
         _stop_workers(runner)
     if flops:
         flops = utilisation(flops, next(model.llm.parameters()).device, optim.precision)
