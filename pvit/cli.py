@@ -99,10 +99,11 @@ def _print_plan(plan) -> None:
     t.add_row("total", "", f"{plan.total:,}")
     console.print(t)
     s = Table(title="stages")
-    for col in ("stage", "data", "trainable", "trainable parameters", "lr"):
+    for col in ("stage", "data", "trainable", "trainable parameters", "lr", "objective"):
         s.add_column(col, justify="right" if col == "trainable parameters" else "left")
     for st in plan.stages:
-        s.add_row(st["name"], st["data"], ", ".join(st["trainable"]), f"{st['trainable_total']:,}", f"{st['lr']:g}")
+        s.add_row(st["name"], st["data"], ", ".join(st["trainable"]), f"{st['trainable_total']:,}", f"{st['lr']:g}",
+                  st["objective"])
     console.print(s)
 
 

@@ -35,7 +35,7 @@ def plan_model(model, cfg) -> Plan:
     for i, st in enumerate(cfg.stages):
         per = count(select(model, list(st.trainable), where=f"stages[{i}]"))
         plan.stages.append({"name": st.name, "trainable": per, "trainable_total": sum(per.values()),
-                            "data": st.data.name, "lr": st.optim.lr})
+                            "data": st.data.name, "lr": st.optim.lr, "objective": st.objective})
     return plan
 
 

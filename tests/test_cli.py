@@ -113,8 +113,10 @@ def test_dry_run_of_the_tiny_recipe_prints_the_plan(monkeypatch):
     assert n["bbox_embed"] == 4 * hidden + hidden  # Linear(4, hidden)
     assert n["projector"] == n["region_projector"]  # both mlp2x-gelu with BatchNorm over 64-d features
     # each stage trains exactly its slots: <Region> and </Region> are the two new rows (tied embeddings)
-    expected = {"align": n["projector"] + n["llm"], "region-align": n["region_projector"] + 2 * hidden,
+    expected = {"align": n["projector"] + n["llm"], "region-pretrain": n["region_encoder"] + n["region_projector"],
+                "region-align": n["region_projector"] + 2 * hidden,
                 "instruct": n["projector"] + n["region_projector"] + n["llm"] + n["bbox_embed"]}
     for stage, total in expected.items():
         assert rows[stage][1] == "synth-regions" and int(rows[stage][3].replace(",", "")) == total, rows[stage]
+        assert rows[stage][5] == ("region-contrastive" if stage == "region-pretrain" else "lm"), rows[stage]
     assert (ROOT / "runs" / "pvit-tiny").exists() == existed  # a dry run creates no run directory
