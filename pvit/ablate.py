@@ -47,11 +47,7 @@ def whole_encoder_slots(cfg, log: Callable[[str], None] = print) -> None:
         names = list(st.trainable)
         if not any(n.startswith("region_encoder.") for n in names):
             continue
-        new: list[str] = []
-        for n in names:
-            n = "region_encoder" if n.startswith("region_encoder.") else n
-            if n not in new:
-                new.append(n)
+        new = list(dict.fromkeys("region_encoder" if n.startswith("region_encoder.") else n for n in names))
         groups = list(dict.fromkeys(n for n in names if n.startswith("region_encoder.")))
         what = "is a group" if len(groups) == 1 else "are groups"
         log(f"ablate: stage {st.name} trains {', '.join(new)} ({', '.join(groups)} {what} of the base recipe's "

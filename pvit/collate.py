@@ -34,6 +34,16 @@ from pvit.truncate import I0, I1, MARKS, TruncationMixin
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
+def _own_replies(texts: list[str], roles: list[str], boxes: list[list]) -> list[str | None]:
+    """Per box, in mention order: the reply to its turn when that turn mentions it alone, else None (the targets
+    of the region-contrastive objective, [pvit.objectives][])."""
+    out: list[str | None] = []
+    for i, turn_boxes in enumerate(boxes):
+        answered = len(turn_boxes) == 1 and i + 1 < len(texts) and roles[i + 1] == "assistant"
+        out += [(texts[i + 1].strip() or None) if answered else None] * len(turn_boxes)
+    return out
+
+
 class Collator(TruncationMixin):
     """Turns dataset samples into model batches.
 
@@ -207,10 +217,7 @@ class Collator(TruncationMixin):
             warnings.warn(f"{where}: no assistant tokens to train on; sample dropped", stacklevel=2)
             return None
         flat_boxes = [b for tb in boxes for b in tb][:n_boxes]
-        # each box's own reply: the next turn's text when the question mentions that box alone
-        # (the region-contrastive objective's targets)
-        targets = [(texts[i + 1].strip() or None) if len(tb) == 1 and i + 1 < len(texts) and roles[i + 1] ==
-                   "assistant" else None for i, tb in enumerate(boxes) for _ in tb][:n_boxes]
+        targets = _own_replies(texts, roles, boxes)[:n_boxes]
         self._check_placeholders(ids, len(flat_boxes), has_image, where)
         self.stats["samples"] += 1
         self.stats["with_image" if has_image else "text_only"] += 1
@@ -296,7 +303,7 @@ class Collator(TruncationMixin):
             "pixels": pixels,
             "image_sample": torch.tensor(with_image, dtype=torch.long),  # (B_i,)
             "regions": Regions.from_per_image([encoded[b]["boxes"] for b in with_image], with_image),  # R regions
-            "region_targets": [t for b in with_image for t in encoded[b].get("region_targets", [])],  # R
+            "region_targets": [t for b in with_image for t in encoded[b]["region_targets"]],  # R
             "region_inputs": region_inputs,
             "ids": [e["id"] for e in encoded],
             "answers": [e["answer"] for e in encoded],

@@ -8,6 +8,7 @@ from torch import nn
 
 from pvit.errors import SpliceError
 from pvit.interfaces import IMAGE_PATCH_TOKEN, REGION_PATCH_TOKEN, RegionInputs, Regions
+from pvit.objectives import objective_loss
 
 
 class PVITModel(nn.Module):
@@ -166,8 +167,6 @@ class PVITModel(nn.Module):
         """LM output for a collated batch; ``.loss`` is the mean over assistant tokens. Under another
         ``objective`` (a stage's, see [pvit.objectives][]) the output carries that objective's loss."""
         if self.objective != "lm":
-            from pvit.objectives import objective_loss
-
             return objective_loss(self, batch)
         embeds = self.embed_inputs(batch)
         return self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch.get("labels"))

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from pvit.errors import DataError
 
-OBJECTIVES = ("lm", "region-contrastive")
 #: Softmax temperature of region-contrastive (CLIP's initial 0.07).
 TEMPERATURE = 0.07
 
@@ -32,7 +31,6 @@ class ObjectiveOutput:
 
     loss: torch.Tensor
     logits: torch.Tensor | None = None  # (R', C) region x distinct-reply scores
-    accuracy: float | None = None  # share of regions whose own reply scores highest
 
 
 def needs_region_features(objective: str) -> bool:
@@ -40,21 +38,14 @@ def needs_region_features(objective: str) -> bool:
 
 
 def objective_loss(model, batch: dict) -> ObjectiveOutput:
-    if model.objective == "region-contrastive":
-        return region_contrastive(model, batch)
-    raise ValueError(f"unknown objective {model.objective!r}; objectives: {', '.join(OBJECTIVES)}")
+    """The loss of ``model.objective`` (any objective but ``lm``) on a collated batch."""
+    return LOSSES[model.objective](model, batch)
 
 
 def _text_embeddings(model, texts: list[str], device: torch.device) -> torch.Tensor:
     """Mean input embedding of each text's tokens, (C, D), without gradient."""
     tok = model.llm.tokenizer
-    cache = model.__dict__.setdefault("_objective_token_cache", {})
-    rows = []
-    for t in texts:
-        ids = cache.get(t)
-        if ids is None:
-            ids = cache[t] = [int(i) for i in tok(t, add_special_tokens=False)["input_ids"]] or [tok.eos_token_id]
-        rows.append(ids)
+    rows = [list(tok(t, add_special_tokens=False)["input_ids"]) or [tok.eos_token_id] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)  # (C, L)
     mask = torch.zeros(len(rows), width, 1)  # (C, L, 1)
@@ -87,6 +78,9 @@ def region_contrastive(model, batch: dict) -> ObjectiveOutput:
     labels = torch.tensor([where[targets[i]] for i in keep], device=z.device)  # (R',)
     text = _text_embeddings(model, names, z.device)  # (C, D)
     logits = F.normalize(z, dim=-1) @ F.normalize(text, dim=-1).T / TEMPERATURE  # (R', C)
-    loss = F.cross_entropy(logits, labels)
-    accuracy = float((logits.argmax(-1) == labels).float().mean())
-    return ObjectiveOutput(loss=loss, logits=logits, accuracy=accuracy)
+    return ObjectiveOutput(loss=F.cross_entropy(logits, labels), logits=logits)
+
+
+#: The objectives besides ``lm``, by name: ``loss(model, batch) -> ObjectiveOutput``.
+LOSSES = {"region-contrastive": region_contrastive}
+OBJECTIVES = ("lm", *LOSSES)

@@ -74,14 +74,6 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
         load_export(model, run_dir.export(i, st.name))
         log(f"stage {i + 1}/{len(names)} {st.name}: already finished in {run_dir.stage(i, st.name)}; loaded its export")
         return run_dir.read_stage(i, st.name)
-    dataset = build("dataset", st.data, where=f"stages[{i}].data")
-    collator = Collator.for_model(model, template, cfg.model.max_length, cfg.model.region_policy, generate=False)
-    resume_from = how.checkpoint(i, run_dir.engine(i, st.name), log)
-    if how.resuming:
-        log(f"stage {i + 1}/{len(names)} {st.name}: " + (f"resuming from {resume_from}" if resume_from else
-            f"no checkpoint in {run_dir.engine(i, st.name)}; training it from step 0"))
-    log(f"stage {i + 1}/{len(names)} {st.name}: {len(dataset)} samples, trainable "
-        f"{', '.join(st.trainable)} ({plan.stages[i]['trainable_total']:,} parameters)")
     if needs_region_features(st.objective) and model.tokens_per_region == 0:
         # e.g. `pvit ablate --region-encoder text-coords` over a recipe that pretrains region features
         log(f"stage {i + 1}/{len(names)} {st.name}: skipped; its objective {st.objective} needs region features "
@@ -89,6 +81,14 @@ def _train_stage(model, cfg, i: int, run_dir: RunDir, how, plan, template, info,
             "gives none")
         result = StageResult(st.name, 0, [], 0.0, {})
     else:
+        dataset = build("dataset", st.data, where=f"stages[{i}].data")
+        collator = Collator.for_model(model, template, cfg.model.max_length, cfg.model.region_policy, generate=False)
+        resume_from = how.checkpoint(i, run_dir.engine(i, st.name), log)
+        if how.resuming:
+            log(f"stage {i + 1}/{len(names)} {st.name}: " + (f"resuming from {resume_from}" if resume_from else
+                f"no checkpoint in {run_dir.engine(i, st.name)}; training it from step 0"))
+        log(f"stage {i + 1}/{len(names)} {st.name}: {len(dataset)} samples, trainable "
+            f"{', '.join(st.trainable)} ({plan.stages[i]['trainable_total']:,} parameters)")
         result = run_stage(model, st, dataset=dataset, collator=collator, work_dir=run_dir.engine(i, st.name),
                            engine_cfg=cfg.engine, seed=cfg.seed + i, resume_from=resume_from, device=device)
     entry = {"name": st.name, "steps": result.steps, "seconds": round(result.seconds, 1),

@@ -28,6 +28,7 @@ from pvit.engine.strategies import (deepspeed_strategy, fsdp_state_dict_cfg, fsd
                                     release, resolve_strategy, warnings_off)
 from pvit.errors import RecipeError
 from pvit.model import PVITModel
+from pvit.objectives import OBJECTIVES
 from pvit.slots import frozen_components, set_trainable
 
 
@@ -49,8 +50,6 @@ def _check(stage: Any, strategy: str, where: str) -> None:
     if optim.precision not in PRECISIONS:
         raise RecipeError(f"{where}.optim.precision: {optim.precision!r} is not one of {', '.join(PRECISIONS)} "
                           "(bf16 runs under autocast on CPU and GPU)")
-    from pvit.objectives import OBJECTIVES
-
     if stage.objective not in OBJECTIVES:
         raise RecipeError(f"{where}.objective: {stage.objective!r} is not one of {', '.join(OBJECTIVES)}")
     if optim.schedule not in ("cosine", "constant"):
